@@ -1,0 +1,118 @@
+"""Runtime configuration, read once from environment variables (documented in .env.example)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env(name)
+    return int(raw) if raw else default
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env(name)
+    return float(raw) if raw else default
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = _env(name).lower()
+    if not raw:
+        return default
+    return raw in {"1", "true", "yes", "on"}
+
+
+def _hhmm(raw: str) -> tuple[int, int]:
+    hours, minutes = raw.split(":")
+    return int(hours), int(minutes)
+
+
+DEFAULT_DATABASE_URL = "sqlite:///var/leadbot.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = ""
+    public_base_url: str = "http://localhost:5005"
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_whatsapp_from: str = "whatsapp:+14155238886"
+    twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_messaging_service_sid: str = ""
+    twilio_timeout_seconds: float = 10.0
+    ops_api_key: str = ""
+    rasa_api_token: str = ""
+    rasa_url: str = "http://localhost:5005"
+    # Policy
+    quiet_hours_start: tuple[int, int] = (23, 0)
+    quiet_hours_end: tuple[int, int] = (7, 0)
+    reply_delay_min_seconds: int = 0
+    reply_delay_max_seconds: int = 0
+    service_window_hours: int = 24
+    # Sender
+    send_max_attempts: int = 5
+    send_backoff_base_seconds: float = 2.0
+    send_backoff_max_seconds: float = 300.0
+    # Scheduler
+    welcome_delay_seconds: int = 300
+    task_lease_seconds: int = 120
+    # Handover SLA
+    handover_sla_minutes: int = 15
+    team_hours_start: tuple[int, int] = (9, 0)
+    team_hours_end: tuple[int, int] = (18, 0)
+    team_workdays: tuple[int, ...] = (0, 1, 2, 3, 4)
+    team_timezone: str = "Europe/Berlin"
+    # Time travel for the simulator and tests (offset file shared by all processes)
+    clock_offset_file: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def twilio_enabled(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+
+def load_settings() -> Settings:
+    workdays_raw = _env("TEAM_WORKDAYS", "0,1,2,3,4")
+    return Settings(
+        database_url=_env("DATABASE_URL", DEFAULT_DATABASE_URL),
+        redis_url=_env("REDIS_URL"),
+        public_base_url=_env("PUBLIC_BASE_URL", "http://localhost:5005").rstrip("/"),
+        twilio_account_sid=_env("TWILIO_ACCOUNT_SID"),
+        twilio_auth_token=_env("TWILIO_AUTH_TOKEN"),
+        twilio_whatsapp_from=_env("TWILIO_WHATSAPP_FROM", "whatsapp:+14155238886"),
+        twilio_api_base_url=_env("TWILIO_API_BASE_URL", "https://api.twilio.com").rstrip("/"),
+        twilio_messaging_service_sid=_env("TWILIO_MESSAGING_SERVICE_SID"),
+        twilio_timeout_seconds=_float("TWILIO_TIMEOUT_SECONDS", 10.0),
+        ops_api_key=_env("OPS_API_KEY"),
+        rasa_api_token=_env("RASA_API_TOKEN"),
+        rasa_url=_env("RASA_URL", "http://localhost:5005").rstrip("/"),
+        quiet_hours_start=_hhmm(_env("QUIET_HOURS_START", "23:00")),
+        quiet_hours_end=_hhmm(_env("QUIET_HOURS_END", "07:00")),
+        reply_delay_min_seconds=_int("REPLY_DELAY_MIN_SECONDS", 0),
+        reply_delay_max_seconds=_int("REPLY_DELAY_MAX_SECONDS", 0),
+        service_window_hours=_int("SERVICE_WINDOW_HOURS", 24),
+        send_max_attempts=_int("SEND_MAX_ATTEMPTS", 5),
+        send_backoff_base_seconds=_float("SEND_BACKOFF_BASE_SECONDS", 2.0),
+        send_backoff_max_seconds=_float("SEND_BACKOFF_MAX_SECONDS", 300.0),
+        welcome_delay_seconds=_int("WELCOME_DELAY_SECONDS", 300),
+        task_lease_seconds=_int("TASK_LEASE_SECONDS", 120),
+        handover_sla_minutes=_int("HANDOVER_SLA_MINUTES", 15),
+        team_hours_start=_hhmm(_env("TEAM_HOURS_START", "09:00")),
+        team_hours_end=_hhmm(_env("TEAM_HOURS_END", "18:00")),
+        team_workdays=tuple(int(d) for d in workdays_raw.split(",") if d.strip()),
+        team_timezone=_env("TEAM_TIMEZONE", "Europe/Berlin"),
+        clock_offset_file=_env("LEADBOT_CLOCK_OFFSET_FILE"),
+    )
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The process-wide settings; tests call `settings.cache_clear()` after changing the environment."""
+    return load_settings()
