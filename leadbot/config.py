@@ -60,6 +60,13 @@ class Settings:
     send_max_attempts: int = 5
     send_backoff_base_seconds: float = 2.0
     send_backoff_max_seconds: float = 300.0
+    sender_port: int = 8002
+    sender_threads: int = 8
+    sender_poll_seconds: float = 0.5
+    # Content API (quick-reply buttons); empty: content.twilio.com, or TWILIO_API_BASE_URL when that is overridden
+    twilio_content_api_base_url: str = ""
+    # Signs the sandbox outbox's status callbacks (and checks webhooks) when no real Twilio token is configured
+    sandbox_auth_token: str = "leadbot-sandbox"
     # Scheduler
     welcome_delay_seconds: int = 300
     task_lease_seconds: int = 120
@@ -76,6 +83,11 @@ class Settings:
     @property
     def twilio_enabled(self) -> bool:
         return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+    @property
+    def webhook_auth_token(self) -> str:
+        """The token Twilio signs webhooks with: the real one, else the sandbox outbox's."""
+        return self.twilio_auth_token or self.sandbox_auth_token
 
 
 def load_settings() -> Settings:
@@ -101,6 +113,11 @@ def load_settings() -> Settings:
         send_max_attempts=_int("SEND_MAX_ATTEMPTS", 5),
         send_backoff_base_seconds=_float("SEND_BACKOFF_BASE_SECONDS", 2.0),
         send_backoff_max_seconds=_float("SEND_BACKOFF_MAX_SECONDS", 300.0),
+        sender_port=_int("SENDER_PORT", 8002),
+        sender_threads=_int("SENDER_THREADS", 8),
+        sender_poll_seconds=_float("SENDER_POLL_SECONDS", 0.5),
+        twilio_content_api_base_url=_env("TWILIO_CONTENT_API_BASE_URL").rstrip("/"),
+        sandbox_auth_token=_env("TWILIO_SANDBOX_AUTH_TOKEN", "leadbot-sandbox"),
         welcome_delay_seconds=_int("WELCOME_DELAY_SECONDS", 300),
         task_lease_seconds=_int("TASK_LEASE_SECONDS", 120),
         handover_sla_minutes=_int("HANDOVER_SLA_MINUTES", 15),
