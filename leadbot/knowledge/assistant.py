@@ -6,6 +6,8 @@ import logging
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from leadbot.knowledge.embedders import Embedder, make_embedder
 from leadbot.knowledge.grounding import ungrounded_claims
 from leadbot.knowledge.index import Hit, KnowledgeIndex
@@ -38,7 +40,7 @@ _OFF_TOPIC = re.compile(
     re.IGNORECASE,
 )
 _MAX_SENTENCES = 3
-_MAX_CHARS = 350
+_MAX_CHARS = 320  # a section longer than this is shortened to its most relevant sentences
 
 
 @dataclass(frozen=True)
@@ -92,20 +94,21 @@ class KnowledgeAssistant:
             return self._generated(question, hits, query_vector)
         return self._extractive(question, best, query_vector)
 
-    def _extractive(self, question: str, hit: Hit, query_vector) -> Answer:  # noqa: ANN001 - numpy array
-        sentences = hit.chunk.sentences
-        ranked = self._index.rank_sentences(question, query_vector, hit.chunk)
-        # The section's first sentence carries its subject; add the most relevant ones, in reading order.
-        chosen = sorted({0, *ranked[: _MAX_SENTENCES - 1]})
-        text = sentences[chosen[0]]
-        for position in chosen[1:]:
-            if len(text) + len(sentences[position]) > _MAX_CHARS:
-                break
-            text += " " + sentences[position]
+    def _extractive(self, question: str, hit: Hit, query_vector: np.ndarray) -> Answer:
+        text = hit.chunk.body
+        if len(text) > _MAX_CHARS:
+            # Long section: its first sentence carries the subject; add the most relevant ones, in reading order.
+            sentences = hit.chunk.sentences
+            ranked = self._index.rank_sentences(question, query_vector, hit.chunk)
+            chosen = sorted({0, *ranked[: _MAX_SENTENCES - 1]})
+            text = sentences[chosen[0]]
+            for position in chosen[1:]:
+                if len(text) + len(sentences[position]) <= _MAX_CHARS:
+                    text += " " + sentences[position]
         return Answer(f"{text} (Quelle: {hit.chunk.label})", hit.chunk.source, hit.score, False, "answered",
                       hit.chunk.source)
 
-    def _generated(self, question: str, hits: list[Hit], query_vector) -> Answer:  # noqa: ANN001
+    def _generated(self, question: str, hits: list[Hit], query_vector: np.ndarray) -> Answer:
         best = hits[0]
         try:
             reply = self._llm.answer(question, hits) if self._llm else ""

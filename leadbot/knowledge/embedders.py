@@ -55,7 +55,7 @@ class SentenceTransformerEmbedder:
         self._query_prefix = query_prefix if query_prefix is not None else ("query: " if is_e5 else "")
         self._passage_prefix = passage_prefix if passage_prefix is not None else ("passage: " if is_e5 else "")
         self.name = f"sentence-transformers:{model_name_or_path}"
-        dim = self._model.get_sentence_embedding_dimension()
+        dim = self._model.get_embedding_dimension()
         if dim is None:
             raise ValueError(f"{model_name_or_path}: model does not report its embedding dimension")
         self.dim = int(dim)

