@@ -134,7 +134,9 @@ _PREFIX_RULES: tuple[tuple[re.Pattern[str], VolumeKind, Adjust], ...] = (
     (_prefix_rule(r"nicht\s+weniger\s+als|mindestens|min\.?|wenigstens|minimum|ab|>=|≥|gut"), "lower_bound", "none"),
     (_prefix_rule(r"(?:knapp\s+|deutlich\s+|weit\s+|etwas\s+)?(?:ueber|mehr\s+als)|>"), "lower_bound", "plus_one"),
     (
-        _prefix_rule(r"(?:knapp\s+|deutlich\s+|etwas\s+)?(?:unter|weniger\s+als)|<|keine|(?:noch\s+)?nicht\s+(?:ein)?mal"),
+        _prefix_rule(
+            r"(?:knapp\s+|deutlich\s+|etwas\s+)?(?:unter|weniger\s+als)|<|keine|(?:noch\s+)?nicht\s+(?:ein)?mal"
+        ),
         "upper_bound",
         "minus_one",
     ),
