@@ -1,0 +1,324 @@
+"""A recording fake of the Twilio REST API for tests: Messages create (2010-04-01) and Content create (v1).
+
+Faithful to what Twilio does with our requests (see `../shared/specs/twilio/`):
+- HTTP basic auth `AccountSid:AuthToken`; a wrong pair answers 401 with code 20003, another account's path 404/20404.
+- Messages: form-encoded body; `To` required (400/21604), `From` or `MessagingServiceSid` (400/21603), one of
+  `Body`, `MediaUrl`, `ContentSid` (400/21619); `ContentVariables` must be a JSON object (400/21656); a WhatsApp
+  sender needs a WhatsApp recipient (400/63007). Success: 201 with a message resource (`sid` "SM...", `status`
+  "queued").
+- Content: JSON body with `language` and `types` (400/20001 otherwise); 201 with `sid` "HX...".
+- Errors are Twilio's JSON: `{"code", "message", "more_info", "status"}`.
+
+Every accepted request is recorded in order (`accepted`, `contents`); every Messages request, accepted or not, in
+`attempts`. Failures can be scripted per call (`script(...)`) or drawn with a probability: the draw is seeded per
+(recipient, body, attempt number), so it does not depend on thread interleaving and repeats across runs.
+A `Fault.timeout` hangs longer than the client waits and then answers 504 without accepting: the model of a request
+that is lost before Twilio processes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+import secrets
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+ACCOUNT_SID = "AC" + "1" * 32
+AUTH_TOKEN = "fake-auth-token"
+_MESSAGES_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json$")
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+@dataclass(frozen=True)
+class Fault:
+    status: int = 500
+    code: int | None = None
+    message: str = "Internal Server Error"
+    hang_seconds: float = 0.0  # > 0: a timeout for clients that wait less
+
+    @classmethod
+    def server_error(cls, status: int = 500) -> Fault:
+        return cls(status=status, message="Service Unavailable" if status == 503 else "Internal Server Error")
+
+    @classmethod
+    def rate_limited(cls) -> Fault:
+        return cls(status=429, code=20429, message="Too Many Requests")
+
+    @classmethod
+    def outside_window(cls) -> Fault:
+        return cls(
+            status=400,
+            code=63016,
+            message="Failed to send freeform message because you are outside the allowed window.",
+        )
+
+    @classmethod
+    def unsubscribed(cls) -> Fault:
+        return cls(status=400, code=21610, message="Attempt to send to unsubscribed recipient")
+
+    @classmethod
+    def bad_request(cls, code: int = 21211, message: str = "The 'To' number is not a valid phone number.") -> Fault:
+        return cls(status=400, code=code, message=message)
+
+    @classmethod
+    def timeout(cls, hang_seconds: float = 2.0) -> Fault:
+        return cls(status=504, message="Gateway Timeout", hang_seconds=hang_seconds)
+
+
+@dataclass
+class Recorded:
+    path: str
+    params: dict[str, Any]  # form fields (single value, or a list when repeated) or the JSON body
+    sid: str | None = None
+    status: int = 0
+    error_code: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_body(status: int, code: int | None, message: str) -> dict[str, Any]:
+    return {
+        "code": code or status,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code or status}",
+        "status": status,
+    }
+
+
+class TwilioFake:
+    def __init__(
+        self,
+        account_sid: str = ACCOUNT_SID,
+        auth_token: str = AUTH_TOKEN,
+        *,
+        failure_rate: float = 0.0,
+        failure_faults: tuple[Fault, ...] = (Fault.server_error(500), Fault.server_error(503)),
+        seed: int = 0,
+    ) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.failure_rate = failure_rate
+        self.failure_faults = failure_faults
+        self.seed = seed
+        self.accepted: list[Recorded] = []
+        self.attempts: list[Recorded] = []
+        self.contents: list[Recorded] = []
+        self._script: list[Fault | None] = []
+        self._tries: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+    def start(self) -> TwilioFake:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet test output
+                return None
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                status, body = fake.handle(self.path, dict(self.headers.items()), raw)
+                self._answer(status, body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._answer(404, error_body(404, 20404, "The requested resource was not found"))
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode("utf-8")
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout): exactly what a hanging fault is for
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="twilio-fake", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> TwilioFake:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "start() the fake first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # --- scripting and inspection ---------------------------------------------------------------------------
+    def script(self, *faults: Fault | None) -> None:
+        """The next Messages creates answer these faults in order (None: answer normally)."""
+        with self._lock:
+            self._script.extend(faults)
+
+    def accepted_bodies(self, to: str | None = None) -> list[str]:
+        with self._lock:
+            return [
+                str(r.params.get("Body") or r.params.get("ContentSid"))
+                for r in self.accepted
+                if to is None or r.params.get("To") in (to, f"whatsapp:{to}")
+            ]
+
+    # --- the API ----------------------------------------------------------------------------------------------
+    def handle(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
+        path = path.split("?", 1)[0]
+        match = _MESSAGES_PATH.match(path)
+        if match is None and path != "/v1/Content":
+            return 404, error_body(404, 20404, "The requested resource was not found")
+        auth_error = self._check_auth(headers)
+        if auth_error:
+            return auth_error
+        if match is not None:
+            if match.group("account") != self.account_sid:
+                return 404, error_body(404, 20404, f"The requested resource {path} was not found")
+            return self._create_message(path, headers, raw)
+        return self._create_content(path, headers, raw)
+
+    def _check_auth(self, headers: dict[str, str]) -> tuple[int, dict[str, Any]] | None:
+        value = {k.lower(): v for k, v in headers.items()}.get("authorization", "")
+        expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        if value != expected:
+            return 401, error_body(401, 20003, "Authenticate")
+        return None
+
+    def _create_message(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
+        content_type = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+        if not content_type.startswith("application/x-www-form-urlencoded"):
+            return 415, error_body(415, 20415, "Unsupported Media Type")
+        fields = parse_qs(raw.decode("utf-8"), keep_blank_values=True)
+        params = {k: v[0] if len(v) == 1 else v for k, v in fields.items()}
+        record = Recorded(path=path, params=params, headers=dict(headers))
+        status, body = self._validate_message(params)
+        if status == 201:
+            fault = self._next_fault(params)
+            if fault is not None:
+                if fault.hang_seconds:
+                    self._stopping.wait(fault.hang_seconds)
+                status, body = fault.status, error_body(fault.status, fault.code, fault.message)
+        record.status = status
+        record.error_code = None if status == 201 else body.get("code")
+        with self._lock:
+            self.attempts.append(record)
+            if status == 201:
+                record.sid = body["sid"]
+                self.accepted.append(record)
+        return status, body
+
+    def _validate_message(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        to, sender = str(params.get("To") or ""), str(params.get("From") or "")
+        if not to:
+            return 400, error_body(400, 21604, "A 'To' phone number is required.")
+        if not sender and not params.get("MessagingServiceSid"):
+            return 400, error_body(400, 21603, "A 'From' phone number is required.")
+        if not (params.get("Body") or params.get("MediaUrl") or params.get("ContentSid")):
+            return 400, error_body(400, 21619, "A text message body or media urls must be specified.")
+        if sender.startswith("whatsapp:") != to.startswith("whatsapp:") and sender:
+            return 400, error_body(400, 63007, "Twilio could not find a Channel with the specified From address")
+        if not _E164.match(to.removeprefix("whatsapp:")):
+            return 400, error_body(400, 21211, f"The 'To' number {to} is not a valid phone number.")
+        if "ContentVariables" in params:
+            try:
+                variables = json.loads(str(params["ContentVariables"]))
+            except ValueError:
+                variables = None
+            if not isinstance(variables, dict):
+                return 400, error_body(400, 21656, "The ContentVariables Parameter is invalid.")
+        if params.get("ContentSid") and not str(params["ContentSid"]).startswith("HX"):
+            return 400, error_body(400, 21655, "The ContentSid is Invalid.")
+        sid = "SM" + secrets.token_hex(16)
+        now = format_datetime(datetime.now(timezone.utc))
+        uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json"
+        return 201, {
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "body": params.get("Body") or "",
+            "date_created": now,
+            "date_sent": None,
+            "date_updated": now,
+            "direction": "outbound-api",
+            "error_code": None,
+            "error_message": None,
+            "from": sender or None,
+            "messaging_service_sid": params.get("MessagingServiceSid"),
+            "num_media": "1" if params.get("MediaUrl") else "0",
+            "num_segments": "1",
+            "price": None,
+            "price_unit": None,
+            "sid": sid,
+            "status": "queued",
+            "subresource_uris": {"media": uri.replace(".json", "/Media.json")},
+            "to": to,
+            "uri": uri,
+        }
+
+    def _next_fault(self, params: dict[str, Any]) -> Fault | None:
+        key = (str(params.get("To")), str(params.get("Body") or params.get("ContentSid")))
+        with self._lock:
+            self._tries[key] += 1
+            attempt = self._tries[key]
+            if self._script:
+                return self._script.pop(0)
+        if self.failure_rate <= 0:
+            return None
+        draw = random.Random(f"{self.seed}:{key[0]}:{key[1]}:{attempt}")
+        if draw.random() < self.failure_rate:
+            return draw.choice(self.failure_faults)
+        return None
+
+    def _create_content(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, Any]]:
+        try:
+            payload = json.loads(raw.decode("utf-8") or "null")
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            return 400, error_body(400, 20001, "Invalid JSON body")
+        for required in ("language", "types"):
+            if not payload.get(required):
+                return 400, error_body(400, 20001, f"Missing required parameter {required} in the post body")
+        quick_reply = payload["types"].get("twilio/quick-reply")
+        if quick_reply is not None and (not quick_reply.get("body") or not quick_reply.get("actions")):
+            return 400, error_body(400, 20001, "twilio/quick-reply needs body and actions")
+        sid = "HX" + secrets.token_hex(16)
+        record = Recorded(path=path, params=payload, sid=sid, status=201, headers=dict(headers))
+        with self._lock:
+            self.contents.append(record)
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return 201, {
+            "sid": sid,
+            "account_sid": self.account_sid,
+            "friendly_name": payload.get("friendly_name") or "",
+            "language": payload["language"],
+            "variables": payload.get("variables") or {},
+            "types": payload["types"],
+            "url": f"https://content.twilio.com/v1/Content/{sid}",
+            "date_created": now,
+            "date_updated": now,
+            "links": {},
+        }
