@@ -17,7 +17,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from leadbot.knowledge import KnowledgeAssistant, KnowledgeSettings, make_embedder  # noqa: E402
-from leadbot.knowledge.evaluation import EVAL_SET, calibrate, load_examples, report, run  # noqa: E402
+from leadbot.knowledge.evaluation import (  # noqa: E402
+    EVAL_SET,
+    calibrate,
+    load_examples,
+    report,
+    run,
+    with_threshold,
+)
 
 
 def main() -> int:
@@ -46,9 +53,17 @@ def main() -> int:
     if args.calibrate:
         threshold, cost = calibrate(outcomes)
         print(f"calibrated threshold: {threshold:.4f} (cost {cost:.0f}); store it as CALIBRATED_MIN_SCORE")
+        # Honesty check: calibrate on one half of the set and measure on the other half.
+        for fold in (0, 1):
+            half_threshold, _ = calibrate(outcomes[fold::2])
+            held_out = report(with_threshold(outcomes[1 - fold :: 2], half_threshold))
+            print(f"held-out half {1 - fold} with threshold {half_threshold:.4f} from half {fold}: "
+                  f"answered right {held_out.answer_accuracy:.3f}, escalation precision "
+                  f"{held_out.escalation_precision:.3f}, recall {held_out.escalation_recall:.3f}")
     if args.errors:
         for o in outcomes:
-            if (o.answered_source in o.example.sources) != bool(o.example.sources):
+            expected = o.example.sources
+            if (o.answered_source not in expected) if expected else (o.answered_source is not None):
                 print(f"  [{o.example.kind}] {o.example.question!r}: expected {o.example.sources or 'no answer'}, "
                       f"answered {o.answered_source}, top {o.top_source} ({o.score:.3f})")
     return 0

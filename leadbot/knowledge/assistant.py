@@ -31,14 +31,17 @@ OFF_TOPIC_TEXT = (
 )
 
 # Questions that are outside the assistant's remit whatever the retrieval score says.
+# Word starts only: "gericht" must not match "eingerichtet".
 _LEGAL_ADVICE = re.compile(
-    r"anwalt|verklag|klage\b|abmahn|rechtsberat|rechtssicher|bußgeld|gericht|steuerberat|haftbar", re.IGNORECASE
-)
-_OFF_TOPIC = re.compile(
-    r"wetter|regnet|temperatur|fußball|bundesliga|rezept|kochen|witz|aktienkurs|börse|bitcoin|politik|"
-    r"hauptstadt|horoskop",
+    r"\b(?:rechtsanw[aä]lt|anw[aä]lt|verklag|klage\b|abmahn|rechtsberat|rechtssicher|bußgeld|gericht|steuerberat|haftbar)",
     re.IGNORECASE,
 )
+_OFF_TOPIC = re.compile(
+    r"\b(?:wetter|regnet|temperatur|fußball|bundesliga|rezept|kochen|witz|aktienkurs|börse|bitcoin|politik|"
+    r"hauptstadt|horoskop)",
+    re.IGNORECASE,
+)
+_SOURCE_NOTE = re.compile(r"\s*\(?Quelle:[^)\n]*\)?\s*$")
 _MAX_SENTENCES = 3
 _MAX_CHARS = 320  # a section longer than this is shortened to its most relevant sentences
 
@@ -91,7 +94,7 @@ class KnowledgeAssistant:
                      best.chunk.source, question)
             return Answer(LOW_CONFIDENCE_TEXT, None, best.score, True, "low_confidence", best.chunk.source)
         if self._llm is not None:
-            return self._generated(question, hits, query_vector)
+            return self._generated(self._llm, question, hits, query_vector)
         return self._extractive(question, best, query_vector)
 
     def _extractive(self, question: str, hit: Hit, query_vector: np.ndarray) -> Answer:
@@ -108,10 +111,10 @@ class KnowledgeAssistant:
         return Answer(f"{text} (Quelle: {hit.chunk.label})", hit.chunk.source, hit.score, False, "answered",
                       hit.chunk.source)
 
-    def _generated(self, question: str, hits: list[Hit], query_vector: np.ndarray) -> Answer:
+    def _generated(self, llm: ChatClient, question: str, hits: list[Hit], query_vector: np.ndarray) -> Answer:
         best = hits[0]
         try:
-            reply = self._llm.answer(question, hits) if self._llm else ""
+            reply = llm.answer(question, hits)
         except LLMError as exc:
             log.warning("%s; answering extractively", exc)
             return self._extractive(question, best, query_vector)
@@ -122,6 +125,6 @@ class KnowledgeAssistant:
         if claims:
             log.warning("LLM answer not grounded in the sources (%s), handing over: %r", ", ".join(claims), reply)
             return Answer(LOW_CONFIDENCE_TEXT, None, best.score, True, "ungrounded", best.chunk.source)
-        if "Quelle" not in reply:
-            reply = f"{reply} (Quelle: {best.chunk.label})"
+        # The source is always named by us, from the best section, never by the model.
+        reply = f"{_SOURCE_NOTE.sub('', reply)} (Quelle: {best.chunk.label})"
         return Answer(reply, best.chunk.source, best.score, False, "answered", best.chunk.source)

