@@ -76,6 +76,33 @@ class Settings:
     team_hours_end: tuple[int, int] = (18, 0)
     team_workdays: tuple[int, ...] = (0, 1, 2, 3, 4)
     team_timezone: str = "Europe/Berlin"
+    # CRM (issue 6): which adapter delivers the crm_outbox (none|hubspot|webhook) and the outbox worker's retries
+    crm_adapter: str = "none"
+    hubspot_api_base_url: str = "https://api.hubapi.com"
+    hubspot_access_token: str = ""
+    crm_webhook_url: str = ""
+    crm_webhook_secret: str = ""
+    crm_timeout_seconds: float = 10.0
+    crm_max_attempts: int = 8
+    crm_backoff_base_seconds: float = 30.0
+    crm_backoff_max_seconds: float = 3600.0
+    crm_outbox_batch_size: int = 50
+    crm_outbox_poll_seconds: float = 5.0
+    # Calendar (CalDAV) and booking: slots inside business hours in the team's zoneinfo zone
+    caldav_url: str = ""
+    caldav_username: str = ""
+    caldav_password: str = ""
+    caldav_calendar: str = ""
+    booking_timezone: str = "Europe/Berlin"
+    booking_hours_start: tuple[int, int] = (9, 0)
+    booking_hours_end: tuple[int, int] = (18, 0)
+    booking_workdays: tuple[int, ...] = (0, 1, 2, 3, 4)
+    booking_duration_minutes: int = 30
+    booking_slot_step_minutes: int = 30
+    booking_lead_time_minutes: int = 120
+    booking_horizon_days: int = 14
+    booking_meeting_link_template: str = "https://meet.jit.si/leadbot-{token}"
+    calendar_sync_seconds: float = 300.0
     # Time travel for the simulator and tests (offset file shared by all processes)
     clock_offset_file: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -125,6 +152,31 @@ def load_settings() -> Settings:
         team_hours_end=_hhmm(_env("TEAM_HOURS_END", "18:00")),
         team_workdays=tuple(int(d) for d in workdays_raw.split(",") if d.strip()),
         team_timezone=_env("TEAM_TIMEZONE", "Europe/Berlin"),
+        crm_adapter=_env("CRM_ADAPTER", "none").lower() or "none",
+        hubspot_api_base_url=_env("HUBSPOT_API_BASE_URL", "https://api.hubapi.com").rstrip("/"),
+        hubspot_access_token=_env("HUBSPOT_ACCESS_TOKEN"),
+        crm_webhook_url=_env("CRM_WEBHOOK_URL"),
+        crm_webhook_secret=_env("CRM_WEBHOOK_SECRET"),
+        crm_timeout_seconds=_float("CRM_TIMEOUT_SECONDS", 10.0),
+        crm_max_attempts=_int("CRM_MAX_ATTEMPTS", 8),
+        crm_backoff_base_seconds=_float("CRM_BACKOFF_BASE_SECONDS", 30.0),
+        crm_backoff_max_seconds=_float("CRM_BACKOFF_MAX_SECONDS", 3600.0),
+        crm_outbox_batch_size=_int("CRM_OUTBOX_BATCH_SIZE", 50),
+        crm_outbox_poll_seconds=_float("CRM_OUTBOX_POLL_SECONDS", 5.0),
+        caldav_url=_env("CALDAV_URL"),
+        caldav_username=_env("CALDAV_USERNAME"),
+        caldav_password=_env("CALDAV_PASSWORD"),
+        caldav_calendar=_env("CALDAV_CALENDAR"),
+        booking_timezone=_env("BOOKING_TIMEZONE", _env("TEAM_TIMEZONE", "Europe/Berlin")),
+        booking_hours_start=_hhmm(_env("BOOKING_HOURS_START", "09:00")),
+        booking_hours_end=_hhmm(_env("BOOKING_HOURS_END", "18:00")),
+        booking_workdays=tuple(int(d) for d in _env("BOOKING_WORKDAYS", workdays_raw).split(",") if d.strip()),
+        booking_duration_minutes=_int("BOOKING_DURATION_MINUTES", 30),
+        booking_slot_step_minutes=_int("BOOKING_SLOT_STEP_MINUTES", 30),
+        booking_lead_time_minutes=_int("BOOKING_LEAD_TIME_MINUTES", 120),
+        booking_horizon_days=_int("BOOKING_HORIZON_DAYS", 14),
+        booking_meeting_link_template=_env("BOOKING_MEETING_LINK_TEMPLATE", "https://meet.jit.si/leadbot-{token}"),
+        calendar_sync_seconds=_float("CALENDAR_SYNC_SECONDS", 300.0),
         clock_offset_file=_env("LEADBOT_CLOCK_OFFSET_FILE"),
     )
 

@@ -103,6 +103,8 @@ class Contact(Base):
     consent_timestamp = sa.Column(UTCDateTime())
     created_at = _created()
     updated_at = _updated()
+    # The CRM's own id of this contact (HubSpot object id, or what a webhook receiver answered); migration 0002.
+    crm_id = sa.Column(sa.String(100))
 
     conversations = relationship("Conversation", back_populates="contact", cascade="all, delete-orphan")
 
