@@ -70,6 +70,21 @@ class Settings:
     # Scheduler
     welcome_delay_seconds: int = 300
     task_lease_seconds: int = 120
+    # Every scheduler delay is configuration (issue 5 point 6); follow-ups count from qualification,
+    # reminders back from the appointment's start.
+    nudge_delay_seconds: int = 1800
+    followup_24h_delay_seconds: int = 86400
+    followup_48h_delay_seconds: int = 172800
+    reminder_22h_before_seconds: int = 79200
+    reminder_55m_before_seconds: int = 3300
+    reminder_5m_before_seconds: int = 300
+    task_max_attempts: int = 5
+    task_backoff_base_seconds: float = 15.0
+    task_backoff_max_seconds: float = 900.0
+    scheduler_port: int = 8001
+    scheduler_poll_seconds: float = 1.0
+    scheduler_batch_size: int = 20
+    rasa_timeout_seconds: float = 15.0
     # Handover SLA
     handover_sla_minutes: int = 15
     team_hours_start: tuple[int, int] = (9, 0)
@@ -147,6 +162,19 @@ def load_settings() -> Settings:
         sandbox_auth_token=_env("TWILIO_SANDBOX_AUTH_TOKEN", "leadbot-sandbox"),
         welcome_delay_seconds=_int("WELCOME_DELAY_SECONDS", 300),
         task_lease_seconds=_int("TASK_LEASE_SECONDS", 120),
+        nudge_delay_seconds=_int("NUDGE_DELAY_SECONDS", 1800),
+        followup_24h_delay_seconds=_int("FOLLOWUP_24H_DELAY_SECONDS", 86400),
+        followup_48h_delay_seconds=_int("FOLLOWUP_48H_DELAY_SECONDS", 172800),
+        reminder_22h_before_seconds=_int("REMINDER_22H_BEFORE_SECONDS", 79200),
+        reminder_55m_before_seconds=_int("REMINDER_55M_BEFORE_SECONDS", 3300),
+        reminder_5m_before_seconds=_int("REMINDER_5M_BEFORE_SECONDS", 300),
+        task_max_attempts=_int("TASK_MAX_ATTEMPTS", 5),
+        task_backoff_base_seconds=_float("TASK_BACKOFF_BASE_SECONDS", 15.0),
+        task_backoff_max_seconds=_float("TASK_BACKOFF_MAX_SECONDS", 900.0),
+        scheduler_port=_int("SCHEDULER_PORT", 8001),
+        scheduler_poll_seconds=_float("SCHEDULER_POLL_SECONDS", 1.0),
+        scheduler_batch_size=_int("SCHEDULER_BATCH_SIZE", 20),
+        rasa_timeout_seconds=_float("RASA_TIMEOUT_SECONDS", 15.0),
         handover_sla_minutes=_int("HANDOVER_SLA_MINUTES", 15),
         team_hours_start=_hhmm(_env("TEAM_HOURS_START", "09:00")),
         team_hours_end=_hhmm(_env("TEAM_HOURS_END", "18:00")),
