@@ -31,8 +31,8 @@ Qualifiers (kind -> estimate for the stated number N)
 
 Periods (default: month)
   * per day ("am Tag", "täglich", "pro Werktag") x30; per week ("pro Woche", "die Woche", "wöchentlich") x52/12;
-    per quarter /3; per year ("pro Jahr", "im Jahr", "jährlich", not "im Jahr 2024") /12.
-  * The period phrase after the number wins over one before it ("täglich 10").
+    per quarter /3; per year ("pro Jahr", "im Jahr", "letztes Jahr", "jährlich", not "im Jahr 2024") /12.
+  * The period phrase after the number wins over one before it in the same clause ("täglich 10").
 
 No number
   * "keine Ahnung", "weiß nicht", "k.A.", "schwer zu sagen", 🤷 -> monthly_estimate None, bucket "unknown",
@@ -101,7 +101,7 @@ _PRE_REWRITES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]
 # --- everything below runs on folded text (ä -> ae, ß -> ss) -------------------------------------------------------
 _BLANK_OUT = re.compile(r"\b\d{1,2}\.\d{1,2}\.(?:\d{2,4})?|\b\d{1,2}:\d{2}\b|\b\d+/\d+\b")
 _NUMBER = re.compile(
-    r"(?<![\d.,])"
+    r"(?<!\d[.,])(?<!\d)"
     r"(?P<num>\d{1,3}(?:\.\d{3})+(?![\d,])|\d{1,2}(?: \d{3})+(?![\d.,])|\d+(?:[.,]\d+)?)"
     r"(?P<mult>\s?(?:k|tsd\.?)(?![a-z]))?"
 )
@@ -164,16 +164,23 @@ _SUFFIX_RULES: tuple[tuple[re.Pattern[str], VolumeKind], ...] = (
 _PERIODS: tuple[tuple[re.Pattern[str], float], ...] = (
     (re.compile(r"(?:\b(?:pro|am|je|jeden|per)\s+|/\s*)(?:werk)?tag\b|\btaeglich\b|\bdaily\b"), 30.0),
     (
-        re.compile(r"(?:\b(?:pro|die|in\s+der|je|jede|per)\s+|/\s*)(?:woche|wo)\b|\bwoechentlich\b|\bweekly\b"),
+        re.compile(
+            r"(?:\b(?:pro|die|in\s+der|je|jede|per|letzten?|vergangenen?)\s+|/\s*)(?:woche|wo)\b"
+            r"|\bwoechentlich\b|\bweekly\b"
+        ),
         52 / 12,
     ),
     (re.compile(r"(?:\b(?:pro|im|je|jeden|den|per)\s+|/\s*)monat\b|\bmonatlich\b|\bmtl\b|\bmonthly\b"), 1.0),
     (re.compile(r"(?:\b(?:pro|im|je|per)\s+|/\s*)quartal\b|\bquartalsweise\b|\bvierteljaehrlich\b"), 1 / 3),
     (
-        re.compile(r"(?:\b(?:pro|im|je|jedes|das|per)\s+|/\s*)jahr\b(?!\s*\d)|\bjaehrlich\b|\byearly\b|\bp\.\s?a\b"),
+        re.compile(
+            r"(?:\b(?:pro|im|je|jedes|das|per|letzte[ns]?|vergangene[ns]?)\s+|/\s*)jahr\b(?!\s*\d)"
+            r"|\bjaehrlich\b|\byearly\b|\bp\.\s?a\b"
+        ),
         1 / 12,
     ),
 )
+_CLAUSE_BREAK = re.compile(r"[,;!?]")
 _UNKNOWN = re.compile(
     r"keine\s+ahnung|kein(?:en)?\s+plan|null\s+plan|wei(?:ss|s)\s+(?:ich\s+|es\s+)*(?:\w+\s+)?nicht"
     r"|(?<![a-z])k\.?\s?a\.?(?![a-z])|\bunklar\b|schwer\s+zu\s+sagen|kann\s+ich\s+(?:\w+\s+){0,2}nicht\s+sagen"
@@ -249,6 +256,9 @@ def _period_factor(before: str, after: str) -> float:
     last: tuple[int, float] | None = None
     for pattern, factor in _PERIODS:
         for match in pattern.finditer(before):
+            # "20 % mehr als letztes Jahr, also 150": a period in an earlier clause describes something else.
+            if _CLAUSE_BREAK.search(before[match.end() :]):
+                continue
             if last is None or match.start() > last[0]:
                 last = (match.start(), factor)
     return last[1] if last else 1.0

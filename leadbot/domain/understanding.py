@@ -95,6 +95,7 @@ _NEGATIVE = _rx(
     r"(?:eher|leider|gar|noch|aktuell|momentan|derzeit|zurzeit|zur\s+zeit|gerade|grad|im\s+moment|jetzt|bisher"
     r"|ueberhaupt|definitiv|sicher|absolut)\s+nicht(?!\s+(?:so\s+)?(?:viele?|genug|oft|sehr|besonders)\b)",
     r"nicht(?=\s*(?:[,.;!?)]|$))",
+    r"nicht\s+(?:so\s+|ganz\s+|wirklich\s+)?(?:gut|ok|okay|gerne?|klar|richtig|korrekt)",
     r"kein(?:e|en)?\s+(?:interesse|bedarf|ads|werbung|anzeigen|kampagnen)",
     r"gar\s+kein\w*",
     r"kein(?:e|en)?(?=\s*(?:[,.;!?]|$))",
@@ -115,22 +116,14 @@ _POSITIVE = _rx(
     r"kla+r+(?:o|i)?",
     r"ge+rn+e*",
     r"pa+ss+t",
-    r"sicher(?:lich)?",
     r"o+k+(?:a+y+|e+y*|i+)?",
     r"okidoki",
     r"logo",
-    r"genau",
-    r"richtig",
-    r"korrekt",
-    r"stimmt",
-    r"absolut",
-    r"definitiv",
+    # Adverbs elsewhere in a sentence ("Was macht ihr genau?"), agreement only at the start.
+    r"^(?:ganz\s+|na\s+)?(?:sicher(?:lich)?|genau|richtig|korrekt|stimmt|absolut|definitiv|bestimmt|durchaus|gut)",
     r"natuerlich",
     r"selbstverstaendlich",
-    r"durchaus",
-    r"bestimmt",
     r"einverstanden",
-    r"gut",
     r"auf\s+jeden(?:\s+fall)?",
     r"immer\s+doch",
     r"(?:machen|tun|haben)\s+wir",
@@ -209,8 +202,8 @@ _HANDOVER_KEYWORDS = re.compile(
     r"|anruf(?:e|en|st|t)?|anzurufen|ruf(?:e|t|en|st)?\s+(?:\w+\s+){0,3}?an"
     r"|rueckruf\w*|zurueck(?:rufen|ruft|rufst|zurufen)"
     r"|telefon(?:ieren|iert|isch|at)|am\s+telefon"
-    r"|(?:einem|einen|nem|ein|echte[nrm]?|richtige[nrm]?|reale[nrm]?|lebendige[nrm]?)\s+menschen?"
-    r"|menschen?\s+(?:sprechen|reden|bitte)|^menschen?\s*[?.]*$"
+    r"|(?:einem|einen|nem|ein|echte[nrm]?|richtige[nrm]?|reale[nrm]?|lebendige[nrm]?)\s+mensch(?:en)?"
+    r"|mensch(?:en)?\s+(?:sprechen|reden|bitte)|^mensch(?:en)?\s*[?.]*$"
     r"|(?:echte[nrm]?|reale[nrm]?|richtige[nrm]?|lebendige[nrm]?)\s+(?:person|ansprechpartner\w*)"
     r"|persoenlich\w*\s+(?:sprechen|reden|beraten|ansprechpartner\w*|gespraech|kontakt)"
     r"|(?:sprechen|reden)\s+persoenlich|ansprechpartner\w*"
