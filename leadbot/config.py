@@ -56,6 +56,10 @@ class Settings:
     reply_delay_min_seconds: int = 0
     reply_delay_max_seconds: int = 0
     service_window_hours: int = 24
+    # Inbound channel: wait this long before starting a conversation's turns so a burst arrives first (issue 10),
+    # and how often each Rasa replica sweeps for inbound messages whose turn never ran (crash recovery).
+    inbound_reorder_window_ms: int = 300
+    inbound_sweep_seconds: int = 30
     # Sender
     send_max_attempts: int = 5
     send_backoff_base_seconds: float = 2.0
@@ -152,6 +156,8 @@ def load_settings() -> Settings:
         reply_delay_min_seconds=_int("REPLY_DELAY_MIN_SECONDS", 0),
         reply_delay_max_seconds=_int("REPLY_DELAY_MAX_SECONDS", 0),
         service_window_hours=_int("SERVICE_WINDOW_HOURS", 24),
+        inbound_reorder_window_ms=_int("INBOUND_REORDER_WINDOW_MS", 300),
+        inbound_sweep_seconds=_int("INBOUND_SWEEP_SECONDS", 30),
         send_max_attempts=_int("SEND_MAX_ATTEMPTS", 5),
         send_backoff_base_seconds=_float("SEND_BACKOFF_BASE_SECONDS", 2.0),
         send_backoff_max_seconds=_float("SEND_BACKOFF_MAX_SECONDS", 300.0),
