@@ -73,7 +73,7 @@ def _epoch(moment: datetime) -> int:
     return int(moment.timestamp())
 
 
-def _find_by_dedupe_key(session: Session, dedupe_key: str) -> TaskScheduled | None:
+def find_by_dedupe_key(session: Session, dedupe_key: str) -> TaskScheduled | None:
     return session.execute(select(TaskScheduled).where(TaskScheduled.dedupe_key == dedupe_key)).scalar_one_or_none()
 
 
@@ -93,7 +93,7 @@ def schedule(
     if run_at.tzinfo is None:
         raise ValueError("run_at must be an aware datetime")
     if dedupe_key is not None:
-        existing = _find_by_dedupe_key(session, dedupe_key)
+        existing = find_by_dedupe_key(session, dedupe_key)
         if existing is not None:
             return existing
     current = now()
@@ -115,7 +115,7 @@ def schedule(
     except IntegrityError:
         if dedupe_key is None:
             raise
-        winner = _find_by_dedupe_key(session, dedupe_key)
+        winner = find_by_dedupe_key(session, dedupe_key)
         if winner is None:
             raise
         return winner
@@ -375,3 +375,20 @@ def scheduled_message(session: Session, task: TaskScheduled) -> ScheduledMessage
             return None
         return ScheduledMessage(template, {"meeting_link": appointment.meeting_link}, deadline)
     return ScheduledMessage(template, {}, deadline)
+
+
+def message_for_fire(session: Session, task_id: int) -> ScheduledMessage | None:
+    """For the Rasa action: the message to send for a fired task, at most once per task.
+
+    A retried trigger (Rasa processed the first one but the scheduler saw a timeout) must not send twice, so the
+    first call marks the task (`payload_json["sent_at"]`) under a row lock in the caller's transaction. A duplicate
+    WhatsApp template costs more trust than a missing nudge, hence at-most-once here."""
+    query = select(TaskScheduled).where(TaskScheduled.id == task_id).with_for_update()
+    task = session.execute(query).scalar_one_or_none()
+    if task is None or task.status in ("cancelled", "failed") or (task.payload_json or {}).get("sent_at"):
+        return None
+    message = scheduled_message(session, task)
+    if message is not None:
+        task.payload_json = {**(task.payload_json or {}), "sent_at": now().isoformat()}
+        session.flush()
+    return message

@@ -1,0 +1,95 @@
+"""The scheduler process: `python -m scheduler`.
+
+An APScheduler interval job (every `SCHEDULER_POLL_SECONDS`) fires due `tasks_scheduled` rows through Rasa's
+trigger_intent API; `/health` and `/metrics` are served on `SCHEDULER_PORT`. Run as many replicas as you like on
+PostgreSQL (SKIP LOCKED claims); on the SQLite embedded default run one. SIGTERM/SIGINT: stop claiming, finish the
+task in flight, give the rest of the claimed batch back, exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import sqlalchemy as sa
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from leadbot import logs
+from leadbot.config import settings
+from leadbot.db.session import get_engine
+from scheduler.firing import Firer
+from scheduler.rasa_client import HttpRasaClient
+
+log = logging.getLogger("scheduler")
+
+
+def make_health_server(port: int, engine: sa.engine.Engine, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path == "/metrics":
+                self._reply(200, generate_latest(), CONTENT_TYPE_LATEST)
+            elif self.path == "/health":
+                try:
+                    with engine.connect() as connection:
+                        connection.execute(sa.text("SELECT 1"))
+                    self._reply(200, b'{"status":"ok"}', "application/json")
+                except Exception:  # any DB failure means "not healthy", with the reason in our log only
+                    log.exception("health check failed")
+                    self._reply(503, b'{"status":"db_unavailable"}', "application/json")
+            else:
+                self._reply(404, b'{"status":"not_found"}', "application/json")
+
+        def _reply(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence per-request access logs
+            return
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def main() -> None:
+    logs.configure("scheduler")
+    cfg = settings()
+    engine = get_engine()
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    rasa = HttpRasaClient.from_settings(cfg)
+    firer = Firer(engine, rasa, worker_id, cfg)
+
+    server = make_health_server(cfg.scheduler_port, engine)
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+
+    jobs = BackgroundScheduler(timezone="UTC")
+    # One run at a time per process; a slow run is not queued up behind itself (coalesce).
+    jobs.add_job(firer.run_once, "interval", seconds=cfg.scheduler_poll_seconds, id="fire_due_tasks",
+                 max_instances=1, coalesce=True)
+    stop = threading.Event()
+
+    def _shutdown(signum: int, _frame: Any) -> None:
+        log.info("signal %s: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    jobs.start()
+    log.info("scheduler %s started (poll %.1fs, port %s)", worker_id, cfg.scheduler_poll_seconds, cfg.scheduler_port)
+    stop.wait()
+    firer.stop()
+    jobs.shutdown(wait=True)
+    server.shutdown()
+    rasa.close()
+    log.info("scheduler stopped")
+
+
+if __name__ == "__main__":
+    main()

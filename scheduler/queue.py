@@ -1,0 +1,171 @@
+"""The durable task queue over `tasks_scheduled`: atomic claims with a lease, retries, dead letters.
+
+Status path: pending → running (claimed, `attempts` + 1, `locked_by`, `lease_expires_at`) → done | cancelled |
+failed. A worker that dies while holding a lease leaves its task `running`; once the lease has expired any worker
+reclaims it. On PostgreSQL the claim is `SELECT … FOR UPDATE SKIP LOCKED`, so replicas never wait for each other
+and never claim the same row. SQLite (the embedded default) has no row locks: the claim's UPDATE repeats the
+"due" condition and the worker reads back what it actually got, which is safe because SQLite serialises writers;
+one worker is what the embedded setup runs.
+
+Every state change after the claim is fenced by `locked_by` and `status = 'running'`: a worker whose lease was
+taken over cannot complete, retry or cancel the task anymore.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from leadbot import metrics
+from leadbot.clock import now
+from leadbot.db.models import DeadLetter, TaskScheduled
+from leadbot.db.session import is_sqlite, session_scope
+
+
+def _due(moment: datetime):  # noqa: ANN202 - a SQLAlchemy boolean clause
+    return or_(
+        and_(TaskScheduled.status == "pending", TaskScheduled.run_at <= moment),
+        and_(TaskScheduled.status == "running", TaskScheduled.lease_expires_at < moment),
+    )
+
+
+def backoff(attempts: int, base_seconds: float, max_seconds: float) -> timedelta:
+    """Exponential backoff after the n-th failed attempt: base, 2·base, 4·base … capped."""
+    return timedelta(seconds=min(max_seconds, base_seconds * 2 ** max(0, attempts - 1)))
+
+
+class TaskQueue:
+    def __init__(self, engine: Engine, worker_id: str, lease_seconds: float) -> None:
+        self.engine = engine
+        self.worker_id = worker_id[:64]
+        self.lease = timedelta(seconds=lease_seconds)
+        self._sqlite = is_sqlite(str(engine.url))
+
+    def claim(self, limit: int) -> list[int]:
+        """Claim up to `limit` due tasks (oldest `run_at` first) for this worker; returns their ids."""
+        with session_scope(self.engine) as session:
+            current = now()
+            query = select(TaskScheduled.id).where(_due(current)).order_by(TaskScheduled.run_at).limit(limit)
+            if not self._sqlite:
+                query = query.with_for_update(skip_locked=True)
+            ids = list(session.execute(query).scalars())
+            if not ids:
+                return []
+            lease_until = current + self.lease
+            session.execute(
+                update(TaskScheduled)
+                .where(TaskScheduled.id.in_(ids), _due(current))
+                .values(
+                    status="running",
+                    attempts=TaskScheduled.attempts + 1,
+                    locked_by=self.worker_id,
+                    lease_expires_at=lease_until,
+                    updated_at=current,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            claimed = session.execute(
+                select(TaskScheduled.id)
+                .where(
+                    TaskScheduled.id.in_(ids),
+                    TaskScheduled.locked_by == self.worker_id,
+                    TaskScheduled.status == "running",
+                    TaskScheduled.lease_expires_at == lease_until,
+                )
+                .order_by(TaskScheduled.run_at)
+            ).scalars()
+            return list(claimed)
+
+    def owned(self, session: Session, task_id: int) -> TaskScheduled | None:
+        """The task, row-locked, if this worker still holds it; None when the lease was lost."""
+        return session.execute(
+            select(TaskScheduled)
+            .where(
+                TaskScheduled.id == task_id,
+                TaskScheduled.locked_by == self.worker_id,
+                TaskScheduled.status == "running",
+            )
+            .with_for_update()
+        ).scalar_one_or_none()
+
+    def renew(self, task: TaskScheduled) -> None:
+        task.lease_expires_at = now() + self.lease
+
+    def complete(self, task_id: int) -> bool:
+        with session_scope(self.engine) as session:
+            task = self.owned(session, task_id)
+            if task is None:
+                return False
+            task.status = "done"
+            task.lease_expires_at = None
+            task.last_error = None
+            return True
+
+    def fail_or_retry(
+        self, task_id: int, error: str, *, max_attempts: int, base_seconds: float, max_seconds: float
+    ) -> str | None:
+        """After a failed attempt: back to `pending` with backoff, or `failed` plus a dead letter after the last
+        attempt. Returns the new status (None when the lease was lost)."""
+        with session_scope(self.engine) as session:
+            task = self.owned(session, task_id)
+            if task is None:
+                return None
+            return self.record_failure(session, task, error, max_attempts, base_seconds, max_seconds)
+
+    @staticmethod
+    def record_failure(
+        session: Session, task: TaskScheduled, error: str, max_attempts: int, base_seconds: float, max_seconds: float
+    ) -> str:
+        task.last_error = error[:2000]
+        task.lease_expires_at = None
+        if task.attempts >= max_attempts:
+            task.status = "failed"
+            session.add(
+                DeadLetter(kind="task", task_id=task.id, reason=error[:2000], attempts=task.attempts, created_at=now())
+            )
+            metrics.DEAD_LETTERS.labels(kind="task").inc()
+            return "failed"
+        task.status = "pending"
+        task.locked_by = None
+        task.run_at = now() + backoff(task.attempts, base_seconds, max_seconds)
+        return "pending"
+
+    def release(self, task_ids: list[int]) -> None:
+        """Give back claimed tasks that were never fired (graceful shutdown): the attempt does not count."""
+        if not task_ids:
+            return
+        with session_scope(self.engine) as session:
+            session.execute(
+                update(TaskScheduled)
+                .where(
+                    TaskScheduled.id.in_(task_ids),
+                    TaskScheduled.locked_by == self.worker_id,
+                    TaskScheduled.status == "running",
+                )
+                .values(
+                    status="pending",
+                    attempts=TaskScheduled.attempts - 1,
+                    locked_by=None,
+                    lease_expires_at=None,
+                    updated_at=now(),
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+    def lag_seconds(self) -> float:
+        """Age of the oldest due pending task (0 when none), for the `leadbot_task_lag_seconds` gauge."""
+        with session_scope(self.engine) as session:
+            current = now()
+            oldest = session.execute(
+                select(func.min(TaskScheduled.run_at)).where(
+                    TaskScheduled.status == "pending", TaskScheduled.run_at <= current
+                )
+            ).scalar_one_or_none()
+        if oldest is None:
+            return 0.0
+        if oldest.tzinfo is None:  # min() bypasses the column type's result processing
+            oldest = oldest.replace(tzinfo=current.tzinfo)
+        return max(0.0, (current - oldest).total_seconds())
