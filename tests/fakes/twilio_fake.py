@@ -47,7 +47,10 @@ class Fault:
 
     @classmethod
     def server_error(cls, status: int = 500) -> Fault:
-        return cls(status=status, message="Service Unavailable" if status == 503 else "Internal Server Error")
+        # Twilio's own 5xx bodies carry 20500 / 20503.
+        if status == 503:
+            return cls(status=503, code=20503, message="Service Unavailable")
+        return cls(status=status, code=20500, message="Internal Server Error")
 
     @classmethod
     def rate_limited(cls) -> Fault:
@@ -71,7 +74,7 @@ class Fault:
 
     @classmethod
     def timeout(cls, hang_seconds: float = 2.0) -> Fault:
-        return cls(status=504, message="Gateway Timeout", hang_seconds=hang_seconds)
+        return cls(status=504, code=20504, message="Gateway Timeout", hang_seconds=hang_seconds)
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Recorded:
     status: int = 0
     error_code: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    called_back: bool = False
 
 
 def error_body(status: int, code: int | None, message: str) -> dict[str, Any]:
@@ -102,16 +106,19 @@ class TwilioFake:
         failure_rate: float = 0.0,
         failure_faults: tuple[Fault, ...] = (Fault.server_error(500), Fault.server_error(503)),
         seed: int = 0,
+        latency_seconds: float = 0.0,
     ) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.failure_rate = failure_rate
         self.failure_faults = failure_faults
         self.seed = seed
+        self.latency_seconds = latency_seconds  # every Messages create takes this long (overlap in race tests)
         self.accepted: list[Recorded] = []
         self.attempts: list[Recorded] = []
         self.contents: list[Recorded] = []
         self._script: list[Fault | None] = []
+        self._script_for: dict[str, list[Fault | None]] = {}
         self._tries: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -178,6 +185,46 @@ class TwilioFake:
         with self._lock:
             self._script.extend(faults)
 
+    def script_for(self, to: str, *faults: Fault | None) -> None:
+        """The next Messages creates to this recipient (E.164, with or without `whatsapp:`) answer these faults."""
+        with self._lock:
+            self._script_for.setdefault(to.removeprefix("whatsapp:"), []).extend(faults)
+
+    def deliver_status_callbacks(self, statuses: tuple[str, ...] = ("sent", "delivered")) -> list[int]:
+        """Post Twilio's signed status callbacks for every accepted message not yet called back (in order).
+
+        Real Twilio posts them on its own; here the test decides when, so the outcome is deterministic.
+        """
+        import httpx
+        from twilio.request_validator import RequestValidator
+
+        validator = RequestValidator(self.auth_token)
+        codes: list[int] = []
+        with self._lock:
+            pending = [r for r in self.accepted if not r.called_back and r.params.get("StatusCallback")]
+            for record in pending:
+                record.called_back = True
+        with httpx.Client(timeout=5.0) as http:
+            for record in pending:
+                url = str(record.params["StatusCallback"])
+                for status in statuses:
+                    form = {
+                        "MessageSid": str(record.sid),
+                        "SmsSid": str(record.sid),
+                        "MessageStatus": status,
+                        "SmsStatus": status,
+                        "AccountSid": self.account_sid,
+                        "From": str(record.params.get("From") or ""),
+                        "To": str(record.params["To"]),
+                        "ApiVersion": "2010-04-01",
+                        "ChannelPrefix": "whatsapp",
+                    }
+                    if record.params.get("MessagingServiceSid"):
+                        form["MessagingServiceSid"] = str(record.params["MessagingServiceSid"])
+                    signature = validator.compute_signature(url, form)
+                    codes.append(http.post(url, data=form, headers={"X-Twilio-Signature": signature}).status_code)
+        return codes
+
     def accepted_bodies(self, to: str | None = None) -> list[str]:
         with self._lock:
             return [
@@ -216,19 +263,20 @@ class TwilioFake:
         params = {k: v[0] if len(v) == 1 else v for k, v in fields.items()}
         record = Recorded(path=path, params=params, headers=dict(headers))
         status, body = self._validate_message(params)
-        if status == 201:
-            fault = self._next_fault(params)
-            if fault is not None:
-                if fault.hang_seconds:
-                    self._stopping.wait(fault.hang_seconds)
-                status, body = fault.status, error_body(fault.status, fault.code, fault.message)
+        if self.latency_seconds:
+            self._stopping.wait(self.latency_seconds)
+        fault = self._next_fault(params) if status == 201 else None
+        if fault is not None:
+            status, body = fault.status, error_body(fault.status, fault.code, fault.message)
         record.status = status
         record.error_code = None if status == 201 else body.get("code")
         with self._lock:
-            self.attempts.append(record)
+            self.attempts.append(record)  # recorded on arrival, also when it then hangs
             if status == 201:
                 record.sid = body["sid"]
                 self.accepted.append(record)
+        if fault is not None and fault.hang_seconds:
+            self._stopping.wait(fault.hang_seconds)
         return status, body
 
     def _validate_message(self, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -283,6 +331,9 @@ class TwilioFake:
         with self._lock:
             self._tries[key] += 1
             attempt = self._tries[key]
+            per_recipient = self._script_for.get(key[0].removeprefix("whatsapp:"))
+            if per_recipient:
+                return per_recipient.pop(0)
             if self._script:
                 return self._script.pop(0)
         if self.failure_rate <= 0:

@@ -1,0 +1,380 @@
+"""The sender: hands queued outbound messages to the transport, one conversation head at a time.
+
+Ordering (issue 10 points 3 and 5): only the HEAD of a conversation's queue is ever claimed, i.e. the lowest id
+that is still queued and not yet accepted by Twilio. A message that waits (retry backoff, quiet-hours deferral)
+stays the head, so later messages of that contact wait behind it; once it is accepted or has failed for good, the
+next one becomes the head. Different conversations are independent and run in parallel on a bounded thread pool.
+
+Concurrency: on PostgreSQL the head row is claimed `FOR UPDATE SKIP LOCKED` and the lock is held until the
+outcome of the send is committed, so several sender replicas never hand one message to Twilio twice, and a
+replica never sees the next message as head before the previous one's outcome is committed. SQLite (the embedded
+single-process default) has no row locks: claims are serialised in-process and conversations in flight are skipped.
+
+Delivery is at-least-once towards Twilio: a crash after Twilio accepted a message but before the commit, or a
+timeout on a request that Twilio did process, leads to a second send (Twilio has no idempotency key for
+Messages). Timeouts are retried because a lost message is worse for a lead than a rare duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import exists, func, or_, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, aliased
+
+from leadbot.adapters.twilio_errors import ErrorClass, SendError, backoff_seconds
+from leadbot.adapters.twilio_transport import OutboundMessage, SendResult, Transport
+from leadbot.clock import now as clock_now
+from leadbot.config import Settings, settings
+from leadbot.db.models import Contact, Conversation, DeadLetter, Message
+from leadbot.db.session import get_engine, is_sqlite, session_factory
+from leadbot.domain import policy
+from leadbot.domain.policy import MessageKind, Purpose
+from leadbot.domain.templates import TemplateError, get_template
+from leadbot.metrics import (
+    DEAD_LETTERS,
+    OUTBOUND_QUEUE_DEPTH,
+    OUTBOUND_QUEUE_LAG,
+    POLICY_BLOCKS,
+    SEND_ATTEMPTS,
+    SEND_FAILURES,
+)
+from leadbot.phone import mask
+from leadbot.services import audit
+from leadbot.services.outbound import contact_state, policy_config
+
+log = logging.getLogger(__name__)
+
+
+def _waiting() -> Any:
+    """Outbound messages that are still the sender's business: queued and not yet accepted by Twilio."""
+    return (
+        (Message.direction == "outbound")
+        & (Message.delivery_status == "queued")
+        & Message.provider_message_id.is_(None)
+    )
+
+
+def head_query(now: datetime, exclude_conversations: set[int] | frozenset[int] = frozenset()) -> Any:
+    """The oldest due message that is the head of its conversation's queue."""
+    earlier = aliased(Message)
+    has_earlier = exists().where(
+        earlier.conversation_id == Message.conversation_id,
+        earlier.direction == "outbound",
+        earlier.delivery_status == "queued",
+        earlier.provider_message_id.is_(None),
+        earlier.id < Message.id,
+    )
+    query = select(Message).where(
+        _waiting(),
+        Message.send_at <= now,
+        or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now),
+        ~has_earlier,
+    )
+    if exclude_conversations:
+        query = query.where(Message.conversation_id.not_in(exclude_conversations))
+    return query.order_by(Message.send_at, Message.id).limit(1)
+
+
+def outbound_message(message: Message, contact: Contact) -> OutboundMessage:
+    payload = message.payload_json or {}
+    content_sid, variables = None, None
+    if message.template_name:
+        content_sid = get_template(message.template_name).content_sid
+        variables = payload.get("variables") or None
+    buttons: tuple[tuple[str, str], ...] = ()
+    if not message.template_name:  # an approved template carries its own buttons
+        buttons = tuple((str(b["title"]), str(b.get("payload") or b["title"])) for b in payload.get("buttons") or ())
+    return OutboundMessage(
+        message_id=message.id,
+        to=contact.whatsapp_e164,
+        body=message.content or "",
+        content_sid=content_sid,
+        content_variables=variables,
+        buttons=buttons,
+        media_url=payload.get("media_url"),
+    )
+
+
+def send_request(message: Message) -> policy.SendRequest:
+    """The policy question for a queued row, asked again at send time with the contact's current state."""
+    payload = message.payload_json or {}
+    approved = False
+    if message.template_name:
+        try:
+            approved = get_template(message.template_name).approved
+        except TemplateError:
+            approved = False
+    deadline = _aware(payload.get("deadline"))
+    return policy.SendRequest(
+        kind=MessageKind.TEMPLATE if message.template_name else MessageKind.SESSION,
+        purpose=Purpose(payload.get("purpose") or Purpose.CONVERSATION.value),
+        sender_role=message.sender_role,
+        template_name=message.template_name,
+        template_approved=approved,
+        deadline=deadline,
+    )
+
+
+def _aware(raw: Any) -> datetime | None:
+    if not isinstance(raw, str) or not raw:
+        return None
+    moment = datetime.fromisoformat(raw)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+class Sender:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        engine: Engine | None = None,
+        cfg: Settings | None = None,
+        threads: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.transport = transport
+        self.cfg = cfg or settings()
+        self.engine = engine or get_engine()
+        self.threads = max(1, threads or self.cfg.sender_threads)
+        self._sessions = session_factory(self.engine)
+        self._rng = rng or random.Random()
+        self._sqlite = is_sqlite(str(self.engine.url))
+        self._claim_lock = threading.Lock()
+        self._inflight: set[int] = set()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+
+    # --- running ----------------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Work until `stop` is set; each thread finishes the message in hand before it exits."""
+        workers = [
+            threading.Thread(target=self._loop, args=(stop,), name=f"sender-{index}", daemon=True)
+            for index in range(self.threads)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                worked = self.process_next()
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker thread
+                log.exception("sender iteration failed")
+                worked = False
+            if not worked:
+                stop.wait(self.cfg.sender_poll_seconds)
+
+    def drain(self, max_rounds: int = 10_000) -> int:
+        """Process until nothing is due (tests, benchmarks). Returns how many messages were processed."""
+        total = 0
+        for _ in range(max_rounds):
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="sender-drain") as pool:
+                processed = sum(pool.map(lambda _: self._work_until_idle(), range(self.threads)))
+            total += processed
+            if processed == 0:
+                return total
+        return total
+
+    def _work_until_idle(self) -> int:
+        count = 0
+        while self.process_next():
+            count += 1
+        return count
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    # --- one message ------------------------------------------------------------------------------------------
+    def process_next(self) -> bool:
+        """Claim one due head message and settle it. False when nothing is due."""
+        session: Session = self._sessions()
+        claimed_conversation: int | None = None
+        try:
+            message = self._claim(session)
+            if message is None:
+                session.rollback()
+                return False
+            claimed_conversation = message.conversation_id
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                after_commit = self._settle(session, message)
+                session.commit()
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+            if after_commit is not None:
+                after_commit()
+            return True
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+            if claimed_conversation is not None:
+                with self._claim_lock:
+                    self._inflight.discard(claimed_conversation)
+
+    def _claim(self, session: Session) -> Message | None:
+        now = clock_now()
+        if not self._sqlite:
+            with self._claim_lock:
+                exclude = set(self._inflight)
+            query = head_query(now, exclude).with_for_update(skip_locked=True, of=Message)
+            message = session.execute(query).scalar_one_or_none()
+            if message is not None:
+                with self._claim_lock:
+                    self._inflight.add(message.conversation_id)
+            return message
+        with self._claim_lock:
+            message = session.execute(head_query(now, self._inflight)).scalar_one_or_none()
+            if message is not None:
+                self._inflight.add(message.conversation_id)
+        # End the read transaction: SQLite could not upgrade it to a write after another thread committed.
+        session.commit()
+        return message
+
+    def _settle(self, session: Session, message: Message) -> Any:
+        """Re-check the policy, send, and record the outcome. Returns a callable to run after the commit."""
+        now = clock_now()
+        conversation = session.get(Conversation, message.conversation_id)
+        contact = conversation.contact
+        try:
+            request = send_request(message)
+        except ValueError as exc:  # an unknown purpose in the payload: nothing sensible to send
+            self._fail(session, message, contact, code="invalid_payload", reason=str(exc), dead_letter=True)
+            return None
+        decision = policy.evaluate(request, contact_state(contact, conversation), now, policy_config(self.cfg))
+        if not decision.allowed:
+            reason = decision.reason.value if decision.reason else "blocked"
+            message.delivery_status = "failed"
+            message.error_code = f"policy:{reason}"
+            audit.record(
+                session,
+                contact.id,
+                "policy_blocked_send",
+                reason=reason,
+                message_id=message.id,
+                template_name=message.template_name,
+                stage="send",
+            )
+            POLICY_BLOCKS.labels(reason).inc()
+            SEND_ATTEMPTS.labels("policy_blocked").inc()
+            return None
+        if decision.send_at is not None and decision.send_at > now:
+            # Quiet hours began while it waited: it keeps its place at the head; later messages wait behind it.
+            message.send_at = decision.send_at
+            SEND_ATTEMPTS.labels("deferred").inc()
+            return None
+
+        try:
+            outbound = outbound_message(message, contact)
+        except TemplateError as exc:
+            self._fail(session, message, contact, code="template_error", reason=str(exc), dead_letter=True)
+            return None
+        result = self.transport.send(outbound)
+        message.attempts = (message.attempts or 0) + 1
+        if result.ok:
+            message.provider_message_id = result.sid
+            message.sent_at = clock_now()
+            message.next_attempt_at = None
+            message.error_code = None
+            conversation.last_outbound_at = message.sent_at
+            SEND_ATTEMPTS.labels("accepted").inc()
+            return lambda: self.transport.committed(outbound, result)
+        self._on_error(session, message, contact, result)
+        return None
+
+    def _on_error(self, session: Session, message: Message, contact: Contact, result: SendResult) -> None:
+        error = result.error or SendError(ErrorClass.RETRYABLE, "unknown", "transport returned neither sid nor error")
+        SEND_FAILURES.labels(error.code).inc()
+        log.warning(
+            "send of message %s to %s failed (attempt %s): %s %s",
+            message.id,
+            mask(contact.whatsapp_e164),
+            message.attempts,
+            error.code,
+            mask(error.message),
+        )
+        if error.kind is ErrorClass.RETRYABLE:
+            if message.attempts >= self.cfg.send_max_attempts:
+                reason = f"gave up after {message.attempts} attempts; last error {error.code}: {error.message}"
+                self._fail(session, message, contact, code=error.code, reason=reason, dead_letter=True)
+                return
+            delay = backoff_seconds(
+                message.attempts, self.cfg.send_backoff_base_seconds, self.cfg.send_backoff_max_seconds, self._rng
+            )
+            message.next_attempt_at = clock_now() + timedelta(seconds=delay)
+            message.error_code = error.code  # the last error stays visible while the message waits
+            SEND_ATTEMPTS.labels("retry").inc()
+            return
+        if error.kind is ErrorClass.OUTSIDE_WINDOW:
+            # Our window bookkeeping said "open" and Twilio disagrees: never retry it as free text.
+            self._fail(session, message, contact, code=error.code, reason=error.message, dead_letter=False)
+            audit.record(
+                session,
+                contact.id,
+                "policy_blocked_send",
+                reason="twilio_outside_service_window",
+                error_code=error.code,
+                message_id=message.id,
+                stage="provider",
+            )
+            POLICY_BLOCKS.labels("twilio_outside_service_window").inc()
+            return
+        if error.kind is ErrorClass.OPTED_OUT:
+            self._fail(session, message, contact, code=error.code, reason=error.message, dead_letter=False)
+            if contact.consent_status != "revoked":  # revoking again would confirm the opt-out once more
+                from leadbot.services import consent
+
+                consent.revoke(session, contact, source="twilio_error")
+            return
+        self._fail(session, message, contact, code=error.code, reason=error.message, dead_letter=True)
+
+    def _fail(
+        self, session: Session, message: Message, contact: Contact, *, code: str, reason: str, dead_letter: bool
+    ) -> None:
+        message.delivery_status = "failed"
+        message.error_code = code[:64]
+        message.next_attempt_at = None
+        if dead_letter:
+            session.add(
+                DeadLetter(
+                    kind="outbound_message",
+                    message_id=message.id,
+                    reason=mask(reason) or code,
+                    error_code=code[:64],
+                    attempts=message.attempts or 0,
+                    created_at=clock_now(),
+                )
+            )
+            DEAD_LETTERS.labels("outbound_message").inc()
+            SEND_ATTEMPTS.labels("dead_letter").inc()
+            log.error("message %s to %s dead-lettered: %s", message.id, mask(contact.whatsapp_e164), mask(reason))
+        else:
+            SEND_ATTEMPTS.labels("failed").inc()
+
+
+def refresh_queue_gauges(engine: Engine | None = None) -> tuple[int, float]:
+    """Queue depth (waiting messages) and lag (age of the oldest due one) for /metrics."""
+    now = clock_now()
+    with session_factory(engine or get_engine())() as session:
+        depth = session.execute(select(func.count()).select_from(Message).where(_waiting())).scalar_one()
+        oldest = session.execute(
+            select(func.min(Message.send_at)).where(_waiting(), Message.send_at <= now)
+        ).scalar_one_or_none()
+    lag = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+    OUTBOUND_QUEUE_DEPTH.set(depth)
+    OUTBOUND_QUEUE_LAG.set(lag)
+    return depth, lag
+
