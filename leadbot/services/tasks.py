@@ -377,7 +377,7 @@ def scheduled_message(session: Session, task: TaskScheduled) -> ScheduledMessage
     return ScheduledMessage(template, {}, deadline)
 
 
-def message_for_fire(session: Session, task_id: int) -> ScheduledMessage | None:
+def message_for_fire(session: Session, task_id: int, task_type: str | None = None) -> ScheduledMessage | None:
     """For the Rasa action: the message to send for a fired task, at most once per task.
 
     A retried trigger (Rasa processed the first one but the scheduler saw a timeout) must not send twice, so the
@@ -386,6 +386,8 @@ def message_for_fire(session: Session, task_id: int) -> ScheduledMessage | None:
     query = select(TaskScheduled).where(TaskScheduled.id == task_id).with_for_update()
     task = session.execute(query).scalar_one_or_none()
     if task is None or task.status in ("cancelled", "failed") or (task.payload_json or {}).get("sent_at"):
+        return None
+    if task_type is not None and task.task_type != task_type:  # an intent that does not match its task_id
         return None
     message = scheduled_message(session, task)
     if message is not None:
