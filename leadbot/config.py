@@ -50,6 +50,14 @@ class Settings:
     ops_api_key: str = ""
     rasa_api_token: str = ""
     rasa_url: str = "http://localhost:5005"
+    # Rasa's stores as the ops API reaches them (privacy export/delete): the SQL tracker database and the Redis
+    # lock store (empty: Rasa keeps its lock in memory, nothing to check or clear from outside).
+    rasa_tracker_url: str = ""
+    rasa_lock_url: str = ""
+    ops_api_port: int = 8000
+    ops_api_host: str = "0.0.0.0"
+    # SIGTERM: running requests get this long to finish before the ops API exits.
+    ops_api_graceful_timeout_seconds: int = 20
     # Policy
     quiet_hours_start: tuple[int, int] = (23, 0)
     quiet_hours_end: tuple[int, int] = (7, 0)
@@ -124,11 +132,18 @@ class Settings:
     calendar_sync_seconds: float = 300.0
     # Time travel for the simulator and tests (offset file shared by all processes)
     clock_offset_file: str = ""
+    # The WhatsApp simulator (/simulator): None (SIMULATOR_ENABLED unset) means on exactly while no Twilio credentials
+    # are configured, so a production deployment never exposes it by accident; 1 forces it on (staging), 0 off.
+    simulator_enabled: bool | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def twilio_enabled(self) -> bool:
         return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+    @property
+    def simulator_active(self) -> bool:
+        return not self.twilio_enabled if self.simulator_enabled is None else self.simulator_enabled
 
     @property
     def webhook_auth_token(self) -> str:
@@ -151,6 +166,11 @@ def load_settings() -> Settings:
         ops_api_key=_env("OPS_API_KEY"),
         rasa_api_token=_env("RASA_API_TOKEN"),
         rasa_url=_env("RASA_URL", "http://localhost:5005").rstrip("/"),
+        rasa_tracker_url=_env("RASA_TRACKER_URL"),
+        rasa_lock_url=_env("RASA_LOCK_URL"),
+        ops_api_port=_int("OPS_API_PORT", 8000),
+        ops_api_host=_env("OPS_API_HOST", "0.0.0.0"),
+        ops_api_graceful_timeout_seconds=_int("OPS_API_GRACEFUL_TIMEOUT_SECONDS", 20),
         quiet_hours_start=_hhmm(_env("QUIET_HOURS_START", "23:00")),
         quiet_hours_end=_hhmm(_env("QUIET_HOURS_END", "07:00")),
         reply_delay_min_seconds=_int("REPLY_DELAY_MIN_SECONDS", 0),
@@ -212,6 +232,7 @@ def load_settings() -> Settings:
         booking_meeting_link_template=_env("BOOKING_MEETING_LINK_TEMPLATE", "https://meet.jit.si/leadbot-{token}"),
         calendar_sync_seconds=_float("CALENDAR_SYNC_SECONDS", 300.0),
         clock_offset_file=_env("LEADBOT_CLOCK_OFFSET_FILE"),
+        simulator_enabled=_bool("SIMULATOR_ENABLED", False) if _env("SIMULATOR_ENABLED") else None,
     )
 
 
