@@ -157,11 +157,16 @@ class CalDavCalendar:
         tz = ZoneInfo(zone)
         return [self._event(component, tz) for component in self._components(start, end)]
 
-    def busy(self, start: datetime, end: datetime, zone: str = "Europe/Berlin") -> list[BusyInterval]:
-        """Busy intervals overlapping [start, end), merged and sorted."""
+    def busy(
+        self, start: datetime, end: datetime, zone: str = "Europe/Berlin", exclude_uids: tuple[str, ...] = ()
+    ) -> list[BusyInterval]:
+        """Busy intervals overlapping [start, end), merged and sorted; `exclude_uids` leaves out events (the
+        appointment being moved must not block its own new time)."""
         tz = ZoneInfo(zone)
         intervals = []
         for component in self._components(start, end):
+            if str(component.get("UID", "")) in exclude_uids:
+                continue
             if str(component.get("TRANSP", "OPAQUE")).upper() == "TRANSPARENT":
                 continue
             if str(component.get("STATUS", "")).upper() == "CANCELLED":

@@ -175,8 +175,11 @@ class HubSpotCrm:
         )
         return CrmResult(crm_contact_id=crm_id, object_id=task_id)
 
-    def delete_contact(self, contact_id: int, crm_id: str | None, *, key: str) -> CrmResult:
-        if not crm_id:  # never reached HubSpot (or its id was never learnt): nothing to delete there
+    def delete_contact(
+        self, contact_id: int, crm_id: str | None, *, key: str, phone_sha256: str | None = None
+    ) -> CrmResult:
+        # Without an id the contact never reached HubSpot through us (HubSpot cannot search by a hash).
+        if not crm_id:
             return CrmResult()
         response = self._request("DELETE", f"/crm/v3/objects/contacts/{crm_id}")
         if response.status_code != 404:  # 404: already gone, which is the goal

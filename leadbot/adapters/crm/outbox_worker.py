@@ -104,7 +104,10 @@ def deliver(session: Session, port: CrmPort, row: CrmOutbox, cfg: Settings) -> t
     payload = dict(row.payload_json or {})
     key = f"crm-outbox-{row.id}"
     if row.operation == "delete_contact":
-        return port.delete_contact(row.contact_id or 0, payload.get("crm_id"), key=key), None
+        result = port.delete_contact(
+            row.contact_id or 0, payload.get("crm_id"), key=key, phone_sha256=payload.get("phone_sha256")
+        )
+        return result, None
     if row.contact_id is None:
         raise CrmError(f"{row.operation} without contact_id", retryable=False)
     contact = contact_snapshot(session, row.contact_id, payload)
@@ -124,7 +127,10 @@ def deliver(session: Session, port: CrmPort, row: CrmOutbox, cfg: Settings) -> t
     if row.operation == "handover":
         reason = str(payload.get("reason") or "handover")
         task = CrmTask(
-            subject=str(payload.get("subject") or f"WhatsApp-Lead übernehmen ({reason})"),
+            subject=str(
+                payload.get("subject")
+                or f"{'Eskalation: ' if payload.get('escalation') else ''}WhatsApp-Lead übernehmen ({reason})"
+            ),
             text=str(payload.get("text") or f"Der Lead möchte mit einem Menschen sprechen. Grund: {reason}"),
             due_at=_parse_time(payload.get("due_at"), row.created_at + timedelta(minutes=cfg.handover_sla_minutes)),
             reason=reason,

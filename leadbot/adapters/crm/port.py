@@ -9,8 +9,8 @@ Outbox payloads (what `leadbot.services.crm_outbox.enqueue` callers put in `payl
   so a late retry never overwrites newer data with an old snapshot; payload keys are added as `extra`.
 - `activity`: `{"type": "appointment_booked", "text": "<German note text>", "occurred_at": "<ISO>", ...}`.
 - `handover`: `{"reason": "...", "text": "<what the team should do>", "due_at": "<ISO, optional>"}`.
-- `delete_contact`: `{"crm_id": "<CRM id or null>"}`; it carries no personal data because our contact row is
-  already gone when it is delivered.
+- `delete_contact`: `{"crm_id": "<CRM id or null>", "phone_sha256": "<hex, when no CRM id is known>"}`; it
+  carries no personal data because our contact row is already gone when it is delivered.
 """
 
 from __future__ import annotations
@@ -95,7 +95,9 @@ class CrmPort(Protocol):
 
     def create_handover_task(self, contact: CrmContact, task: CrmTask, *, key: str) -> CrmResult: ...
 
-    def delete_contact(self, contact_id: int, crm_id: str | None, *, key: str) -> CrmResult: ...
+    def delete_contact(
+        self, contact_id: int, crm_id: str | None, *, key: str, phone_sha256: str | None = None
+    ) -> CrmResult: ...
 
 
 class NoCrm:
@@ -114,5 +116,7 @@ class NoCrm:
     def create_handover_task(self, contact: CrmContact, task: CrmTask, *, key: str) -> CrmResult:
         return CrmResult()
 
-    def delete_contact(self, contact_id: int, crm_id: str | None, *, key: str) -> CrmResult:
+    def delete_contact(
+        self, contact_id: int, crm_id: str | None, *, key: str, phone_sha256: str | None = None
+    ) -> CrmResult:
         return CrmResult()

@@ -18,7 +18,8 @@ Verifying on the receiving side (see `verify_signature`, usable as-is from Pytho
 3. Reject the request when the timestamp is more than 5 minutes away from your clock (replay protection), and
    ignore a delivery id you already processed (retries after a lost response resend the same id).
 Answer any 2xx to acknowledge. For `lead_upsert` you may answer `{"crm_id": "<your id>"}`: leadbot stores it and
-sends it back as `contact.crm_id` in later events (and in `delete_contact`, which carries no personal data).
+sends it back as `contact.crm_id` in later events and in `delete_contact`, which carries no personal data: only
+`contact_id`, `crm_id` and, when no CRM id is known, `phone_sha256` (hex SHA-256 of the E.164 number).
 Non-2xx answers are retried with backoff; other 4xx than 401/403/408/425/429 go to the dead letters at once.
 """
 
@@ -133,6 +134,9 @@ class WebhookCrm:
         self._post(key, "handover", self._contact(contact), data)
         return CrmResult(crm_contact_id=contact.crm_id)
 
-    def delete_contact(self, contact_id: int, crm_id: str | None, *, key: str) -> CrmResult:
-        self._post(key, "delete_contact", {"contact_id": contact_id, "crm_id": crm_id}, {})
+    def delete_contact(
+        self, contact_id: int, crm_id: str | None, *, key: str, phone_sha256: str | None = None
+    ) -> CrmResult:
+        reference = {"contact_id": contact_id, "crm_id": crm_id, "phone_sha256": phone_sha256}
+        self._post(key, "delete_contact", reference, {})
         return CrmResult()
