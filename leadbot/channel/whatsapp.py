@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qs
 
 from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from sanic import Blueprint, response
@@ -314,8 +315,8 @@ def _finish_turn(pending: inbound.PendingInbound, items: list[dict[str, Any]]) -
             logger.warning("inbound %s was already processed; replies of this run dropped", pending.message_id)
             return False
         conversation = session.get(Conversation, pending.conversation_id)
-        delay = outbound.draw_reply_delay()
-        not_before = clock_now() + delay if delay > timedelta(0) else None
+        # One human-like delay per turn, the same `not_before` for all its messages (they keep Rasa's order).
+        not_before = clock_now() + outbound.draw_reply_delay()
         # A turn that itself handed the conversation over (its action set owner=human) still delivers its own
         # announcement: the bot owned the conversation when the lead wrote.
         role = "system" if pending.owner == "bot" and conversation.owner == "human" else "bot"
@@ -655,7 +656,14 @@ class WhatsAppInput(InputChannel):
 
     @staticmethod
     def _form(request: Request) -> _Params:
+        """The POST parameters exactly as Twilio signed them, blank values included (a media message's `Body=`).
+
+        Sanic's `request.form` drops blank values, which would break the signature of every media message.
+        """
         try:
+            content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+            if content_type == "application/x-www-form-urlencoded":
+                return _Params(parse_qs(request.body.decode("utf-8", errors="replace"), keep_blank_values=True))
             return _Params(request.form)
         except Exception:
             return _Params({})

@@ -11,6 +11,7 @@ The channel (`leadbot.channel.whatsapp`) runs the turns; this module is the sync
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import unicodedata
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ CHANNEL = "whatsapp"
 _BUTTON_LOOKBACK = 20
 # SQLite (embedded default, one process): writers of one contact are serialised in-process.
 _SQLITE_WRITE_LOCK = threading.Lock()
+_SID = re.compile(r"[A-Za-z0-9_-]{2,64}")
 
 
 class InvalidInbound(ValueError):
@@ -66,10 +68,13 @@ class InboundForm:
 
 
 def _first(form: Mapping[str, Any], name: str) -> str:
+    """A form field as text without control characters (PostgreSQL rejects NUL; nothing else needs them)."""
     value = form.get(name)
     if isinstance(value, (list, tuple)):
         value = value[0] if value else ""
-    return str(value) if value is not None else ""
+    if value is None:
+        return ""
+    return "".join(ch for ch in str(value) if ch in "\n\t" or unicodedata.category(ch) != "Cc")
 
 
 def normalize_text(text: str) -> str:
@@ -89,8 +94,8 @@ def neutralize(text: str) -> str:
 
 def parse_form(form: Mapping[str, Any]) -> InboundForm:
     sid = _first(form, "MessageSid") or _first(form, "SmsMessageSid") or _first(form, "SmsSid")
-    if not sid or len(sid) > 64:
-        raise InvalidInbound("no MessageSid")
+    if not _SID.fullmatch(sid):
+        raise InvalidInbound("no valid MessageSid")
     raw_from = _first(form, "From")
     wa_id = _first(form, "WaId")
     e164 = None
