@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 from leadbot.api.deps import require_api_key
-from leadbot.api.routes import crm, dead_letters, handover, health, leads, messages, privacy
+from leadbot.api.routes import crm, dashboard, dead_letters, handover, health, leads, messages, privacy, simulator
 
 DESCRIPTION = """
 Operations API of leadbot, the WhatsApp lead qualification bot.
@@ -32,6 +32,9 @@ def create_app() -> FastAPI:
     app.include_router(crm.router)
     app.include_router(privacy.router)
     app.include_router(dead_letters.router)
+    # Web pages (the page files are public, their data needs the API key); the simulator 404s unless enabled.
+    app.include_router(dashboard.router)
+    app.include_router(simulator.router)
     return app
 
 
