@@ -185,3 +185,23 @@ def run_until(clock: FrozenClock, firer: Any, engine: Engine, until: datetime) -
             return
         clock.set(max(clock.now(), due))
         firer.run_once()
+
+
+def bulk_due_tasks(engine: Engine, count: int, at: datetime, task_type: str = "nudge_30m") -> list[int]:
+    """`count` leads with one due task each, inserted in bulk (setup speed for the load tests)."""
+    with Session(engine, future=True, expire_on_commit=False) as session:
+        contacts = [
+            Contact(whatsapp_e164=f"+49151{index:08d}", first_name="Lena", timezone="Europe/Berlin",
+                    consent_status="granted", created_at=at, updated_at=at)
+            for index in range(count)
+        ]
+        session.add_all(contacts)
+        session.flush()
+        conversations = [Conversation(contact_id=c.id, created_at=at, updated_at=at) for c in contacts]
+        session.add_all(conversations)
+        session.flush()
+        rows = [TaskScheduled(conversation_id=c.id, task_type=task_type, run_at=at, status="pending", attempts=0,
+                              created_at=at, updated_at=at) for c in conversations]
+        session.add_all(rows)
+        session.commit()
+        return [row.id for row in rows]
