@@ -216,7 +216,9 @@ def start(
             _tell_lead(session, conversation, _text_started(team_back), "start")
             # The lead already knows when to expect the team: that is this handover's one SLA message.
             handover.lead_notified_at = current
-    _schedule_sla_check(session, conversation, handover, add_team_minutes(current, cfg.handover_sla_minutes, cfg))
+    # First look after the SLA in wall-clock time: if the team has gone home by then, the lead hears when it is back
+    # (instead of silence until the business-time deadline); `check_sla` reschedules itself to that deadline.
+    _schedule_sla_check(session, conversation, handover, current + timedelta(minutes=cfg.handover_sla_minutes))
     logger.info("handover %s started for conversation %s (%s)", handover.id, conversation.id, reason)
     return handover
 
