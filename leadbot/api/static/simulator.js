@@ -7,7 +7,20 @@ const { el, api } = Leadbot;
 const POLL_MS = 1000;
 const STATE_MS = 10000;
 const OPEN_STORAGE = "leadbot.simulator.open";
-const TICKS = { pending: "🕓", queued: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "!" };
+// WhatsApp's status icons as inline SVG (fixed markup, no user data): clock, ✓, ✓✓ (grey, blue when read), failed.
+const CLOCK_ICON = '<svg viewBox="0 0 16 12" width="15" height="11"><circle cx="8" cy="6" r="4.6" fill="none" ' +
+  'stroke="currentColor" stroke-width="1.3"/><path d="M8 3.4V6l1.8 1.2" fill="none" stroke="currentColor" ' +
+  'stroke-width="1.3" stroke-linecap="round"/></svg>';
+const CHECK_ICON = '<svg viewBox="0 0 16 12" width="15" height="11"><path d="M2.5 6.3l3 3 7-7.6" fill="none" ' +
+  'stroke="currentColor" stroke-width="1.6" stroke-linecap="round" stroke-linejoin="round"/></svg>';
+const DOUBLE_CHECK_ICON = '<svg viewBox="0 0 18 12" width="17" height="11"><path d="M1 6.3l3 3 7-7.6M7.8 8.6l.9.9 ' +
+  '7-7.6" fill="none" stroke="currentColor" stroke-width="1.6" stroke-linecap="round" stroke-linejoin="round"/></svg>';
+const FAILED_ICON = '<svg viewBox="0 0 12 12" width="12" height="12"><circle cx="6" cy="6" r="5.5" ' +
+  'fill="currentColor"/><path d="M6 3v3.6M6 8.4v.3" stroke="#fff" stroke-width="1.5" stroke-linecap="round"/></svg>';
+const TICKS = { pending: CLOCK_ICON, queued: CLOCK_ICON, sent: CHECK_ICON, delivered: DOUBLE_CHECK_ICON,
+  read: DOUBLE_CHECK_ICON, failed: FAILED_ICON };
+const STATUS_TITLES = { pending: "wird gesendet", queued: "in der Warteschlange", sent: "gesendet",
+  delivered: "zugestellt", read: "gelesen", failed: "fehlgeschlagen" };
 const TASK_LABELS = {
   welcome: "Willkommensnachricht", nudge_30m: "Nudge", followup_24h: "Follow-up 24 h", followup_48h: "Follow-up 48 h",
   reminder_22h: "Reminder 22 h", reminder_55m: "Reminder 55 min", reminder_5m: "Reminder 5 min",
@@ -102,7 +115,9 @@ function shownAt(message) {
 }
 
 function ticks(status, title) {
-  return el("span", { class: "ticks", "data-status": status, title: title || status }, TICKS[status] || "");
+  const span = el("span", { class: "ticks", "data-status": status, title: title || STATUS_TITLES[status] || status });
+  span.innerHTML = TICKS[status] || "";
+  return span;
 }
 
 function leadStatus(message) {
@@ -279,7 +294,8 @@ function openColumn(contactId) {
     onclick: () => closeColumn(column) }, "×");
   column.element = el("section", { class: "chat", "data-contact": contactId },
     el("header", { class: "chat-head" }, column.avatar,
-      el("div", { class: "who" }, column.name, el("div", { class: "sub" }, column.number, " · ", column.localTime)), close),
+      el("div", { class: "who" }, column.name, el("div", { class: "sub" }, column.number),
+        el("div", { class: "sub" }, column.localTime)), close),
     column.body, column.tasks, composer);
   document.getElementById("chats").append(column.element);
   document.getElementById("no-chats").hidden = true;
