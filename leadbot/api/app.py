@@ -9,7 +9,18 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 from leadbot.api.deps import require_api_key
-from leadbot.api.routes import crm, dashboard, dead_letters, handover, health, leads, messages, privacy, simulator
+from leadbot.api.routes import (
+    calendar,
+    crm,
+    dashboard,
+    dead_letters,
+    handover,
+    health,
+    leads,
+    messages,
+    privacy,
+    simulator,
+)
 
 DESCRIPTION = """
 Operations API of leadbot, the WhatsApp lead qualification bot.
@@ -30,6 +41,7 @@ def create_app() -> FastAPI:
     app.include_router(messages.router)
     app.include_router(handover.router)
     app.include_router(crm.router)
+    app.include_router(calendar.router)
     app.include_router(privacy.router)
     app.include_router(dead_letters.router)
     # Web pages (the page files are public, their data needs the API key); the simulator 404s unless enabled.

@@ -198,12 +198,14 @@ def start(
         contact.id,
         "handover",
         {
-            "contact_id": contact.id,
             "conversation_id": conversation.id,
             "handover_id": handover.id,
             "reason": reason,
             "escalation": False,
             "started_at": current.isoformat(),
+            "due_at": add_team_minutes(current, cfg.handover_sla_minutes, cfg).isoformat(),
+            "text": f"Der Lead möchte mit einem Menschen sprechen (Grund: {reason}). Bitte im WhatsApp-Chat antworten "
+            "und danach an den Bot zurückgeben.",
         },
     )
     metrics.HANDOVERS.labels(reason=reason).inc()
@@ -258,18 +260,20 @@ def check_sla(session: Session, handover: Handover) -> SlaOutcome:
     escalated = False
     if handover.escalated_at is None:
         handover.escalated_at = current
+        waiting = int((current - handover.started_at).total_seconds() // 60)
         crm_outbox.enqueue(
             session,
             contact.id,
             "handover",
             {
-                "contact_id": contact.id,
                 "conversation_id": conversation.id,
                 "handover_id": handover.id,
                 "reason": handover.reason,
                 "escalation": True,
                 "started_at": handover.started_at.isoformat(),
-                "waiting_minutes": int((current - handover.started_at).total_seconds() // 60),
+                "due_at": current.isoformat(),
+                "text": f"Eskalation: Der Lead wartet seit {waiting} Minuten auf eine Antwort (Grund: "
+                f"{handover.reason}). Bitte jetzt im WhatsApp-Chat antworten.",
             },
         )
         audit.record(session, contact.id, "handover", action="escalated", handover_id=handover.id)

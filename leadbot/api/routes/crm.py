@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from leadbot.api.deps import Idempotency, db_session, idempotency, require_api_key
 from leadbot.api.routes.common import NO_NUL, DbId, StrictModel, get_contact_or_404
 from leadbot.clock import now
-from leadbot.db.models import Contact, Conversation, QualificationAnswer
+from leadbot.db.models import Contact, Conversation
 from leadbot.services import crm_outbox
 
 router = APIRouter(prefix="/integrations/crm", tags=["crm"], dependencies=[Depends(require_api_key)])
@@ -27,21 +27,24 @@ Note = Annotated[str, Field(pattern=NO_NUL, min_length=1, max_length=5000)]
 class LeadUpsert(StrictModel):
     contact_id: DbId
     properties: dict[PropertyName, PropertyValue] = Field(
-        default_factory=dict, max_length=50, description="Extra CRM properties, merged over the lead's own data"
+        default_factory=dict, max_length=50, description="Extra CRM fields; the lead's own data is always sent"
     )
 
 
 class Activity(StrictModel):
     contact_id: DbId
-    activity_type: Literal["note", "call", "meeting", "email", "whatsapp"] = "note"
-    note: Note
+    type: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,50}$")] = Field(
+        default="note", description="e.g. note, call, appointment_booked"
+    )
+    text: Note = Field(description="The note as the team reads it in the CRM")
     occurred_at: AwareDatetime | None = None
 
 
 class HandoverNotice(StrictModel):
     contact_id: DbId
     reason: Annotated[str, Field(pattern=NO_NUL, min_length=1, max_length=64)]
-    note: Note | None = None
+    text: Note | None = Field(default=None, description="What the team should do (default: a German standard text)")
+    due_at: AwareDatetime | None = Field(default=None, description="Default: now + HANDOVER_SLA_MINUTES")
 
 
 class OutboxAccepted(BaseModel):
@@ -54,33 +57,6 @@ def _latest_conversation(session: Session, contact: Contact) -> Conversation | N
     return session.execute(
         select(Conversation).where(Conversation.contact_id == contact.id).order_by(Conversation.id.desc()).limit(1)
     ).scalar_one_or_none()
-
-
-def _lead_snapshot(session: Session, contact: Contact) -> dict[str, Any]:
-    """The lead as the CRM should see it now (same fields as the dialogue's own upserts)."""
-    conversation = _latest_conversation(session, contact)
-    answers = (
-        session.execute(
-            select(QualificationAnswer).where(QualificationAnswer.conversation_id == conversation.id)
-        ).scalar_one_or_none()
-        if conversation is not None
-        else None
-    )
-    snapshot: dict[str, Any] = {
-        "contact_id": contact.id,
-        "whatsapp_e164": contact.whatsapp_e164,
-        "first_name": contact.first_name,
-        "consent_status": contact.consent_status,
-        "conversation_status": conversation.status if conversation is not None else None,
-    }
-    if answers is not None:
-        snapshot.update(
-            ads_running=answers.ads_running,
-            monthly_leads_bucket=answers.monthly_leads_bucket,
-            qualified=answers.qualified,
-            reason=answers.reason,
-        )
-    return snapshot
 
 
 def _enqueue(
@@ -101,13 +77,13 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown con
 def lead_upsert(
     body: LeadUpsert, session: Session = Depends(db_session), idem: Idempotency = Depends(idempotency)
 ) -> JSONResponse:
-    """Create or update the lead in the CRM (matched by phone number)."""
+    """Create or update the lead in the CRM (matched by phone number) with its current data."""
     cached = idem.lookup(body.model_dump(mode="json"))
     if cached is not None:
         return JSONResponse(cached.response_json, status_code=cached.status_code)
     contact = get_contact_or_404(session, body.contact_id)
-    payload = {**_lead_snapshot(session, contact), "properties": body.properties}
-    return _enqueue(session, idem, body, contact.id, "lead_upsert", payload)
+    # The outbox worker sends the contact's current state at delivery time; the payload only adds extra fields.
+    return _enqueue(session, idem, body, contact.id, "lead_upsert", dict(body.properties))
 
 
 @router.post("/activity", status_code=202, response_model=OutboxAccepted, responses=_RESPONSES)
@@ -119,12 +95,7 @@ def activity(
     if cached is not None:
         return JSONResponse(cached.response_json, status_code=cached.status_code)
     contact = get_contact_or_404(session, body.contact_id)
-    payload = {
-        "contact_id": contact.id,
-        "activity_type": body.activity_type,
-        "note": body.note,
-        "occurred_at": (body.occurred_at or now()).isoformat(),
-    }
+    payload = {"type": body.type, "text": body.text, "occurred_at": (body.occurred_at or now()).isoformat()}
     return _enqueue(session, idem, body, contact.id, "activity", payload)
 
 
@@ -139,12 +110,13 @@ def handover_notice(
         return JSONResponse(cached.response_json, status_code=cached.status_code)
     contact = get_contact_or_404(session, body.contact_id)
     conversation = _latest_conversation(session, contact)
-    payload = {
-        "contact_id": contact.id,
+    payload: dict[str, Any] = {
         "conversation_id": conversation.id if conversation is not None else None,
         "reason": body.reason,
-        "note": body.note,
         "escalation": False,
-        "started_at": now().isoformat(),
     }
+    if body.text is not None:
+        payload["text"] = body.text
+    if body.due_at is not None:
+        payload["due_at"] = body.due_at.isoformat()
     return _enqueue(session, idem, body, contact.id, "handover", payload)
