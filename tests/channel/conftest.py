@@ -443,3 +443,66 @@ def inbound_rows(db, e164: str) -> list[dict[str, Any]]:
            WHERE k.whatsapp_e164 = :e164 AND m.direction = 'inbound' ORDER BY m.id""",
         e164=e164,
     )
+
+
+# --- A second replica --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Replica:
+    server: RasaServer
+    orphan_e164: str  # an inbound message left unprocessed "by a crash" before this replica started
+
+
+def seed_orphan(database_url: str) -> str:
+    """The state a crash between ack and turn leaves behind: a persisted, unprocessed inbound message."""
+    e164 = random_e164()
+    engine = sa.create_engine(database_url, future=True)
+    with engine.begin() as connection:
+        contact_id = connection.execute(
+            sa.text(
+                "INSERT INTO contacts (whatsapp_e164, first_name, timezone, language, consent_status, created_at, "
+                "updated_at) VALUES (:e, 'Orphan', 'Europe/Berlin', 'de', 'unknown', now(), now()) RETURNING id"
+            ),
+            {"e": e164},
+        ).scalar_one()
+        conversation_id = connection.execute(
+            sa.text(
+                "INSERT INTO conversations (contact_id, status, current_state, owner, last_inbound_at, "
+                "service_window_expires_at, created_at, updated_at) VALUES (:c, 'open', 'start', 'bot', "
+                "(now() at time zone 'utc') - interval '1 minute', (now() at time zone 'utc') + interval '23 hours', "
+                "now(), now()) RETURNING id"
+            ),
+            {"c": contact_id},
+        ).scalar_one()
+        connection.execute(
+            sa.text(
+                "INSERT INTO messages (conversation_id, direction, channel, provider_message_id, message_type, "
+                "content, delivery_status, sender_role, is_marketing, attempts, created_at) VALUES (:c, 'inbound', "
+                "'whatsapp', :sid, 'text', 'hallo', 'delivered', 'human', false, 0, "
+                "(now() at time zone 'utc') - interval '1 minute')"
+            ),
+            {"c": conversation_id, "sid": "SM" + uuid.uuid4().hex},
+        )
+    engine.dispose()
+    return e164
+
+
+@pytest.fixture(scope="session")
+def rasa_replica(rasa, bot_model, database_url, tracker_db_url, redis_url, action_server) -> Iterator[Replica]:
+    """A second Rasa process on the same databases and Redis. It has no TWILIO_AUTH_TOKEN (so it validates with
+    the sandbox token) and a 30-90 s reply delay. Before it starts, a crash-orphaned inbound message is seeded,
+    which only its replay-on-start can pick up (the main server sweeps hourly)."""
+    orphan = seed_orphan(database_url)
+    server = start_rasa(
+        "replica",
+        model=bot_model,
+        database_url=database_url,
+        tracker_url=tracker_db_url,
+        redis_url=redis_url,
+        action_url=action_server.url,
+        auth_token=None,
+        extra_env={"REPLY_DELAY_MIN_SECONDS": "30", "REPLY_DELAY_MAX_SECONDS": "90"},
+    )
+    yield Replica(server=server, orphan_e164=orphan)
+    server.stop()
