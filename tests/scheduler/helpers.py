@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from leadbot.clock import FrozenClock
 from leadbot.config import settings
-from leadbot.db.models import Appointment, Contact, Conversation, TaskScheduled
+from leadbot.db.models import Appointment, Contact, Conversation, Message, TaskScheduled
 from leadbot.domain.policy import Purpose
 from leadbot.services import outbound, tasks
 
@@ -149,8 +149,10 @@ def make_lead(
     return conversation
 
 
-def lead_writes(session: Session, conversation: Conversation, at: datetime) -> None:
-    """What the inbound path records for a lead message (the parts the scheduler depends on)."""
+def lead_writes(session: Session, conversation: Conversation, at: datetime, text: str = "Ja") -> None:
+    """What the inbound path records for a lead message (the parts the scheduler and the gate depend on)."""
+    session.add(Message(conversation_id=conversation.id, direction="inbound", content=text, created_at=at,
+                        delivery_status="delivered", sender_role="human", processed_at=at))
     conversation.last_inbound_at = at
     conversation.service_window_expires_at = at + timedelta(hours=settings().service_window_hours)
     tasks.after_lead_message(session, conversation)
