@@ -31,7 +31,7 @@ class LeadbotSystem:
     def __init__(self, workdir: Path, *, database_url: str | None = None, tracker_url: str | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
-        self.ports = {name: free_port() for name in ("rasa", "actions", "api", "scheduler", "sender")}
+        self.ports = {name: free_port() for name in ("rasa", "actions", "api", "scheduler", "sender", "calendar")}
         self.api_key = "e2e-ops-key"
         self.rasa_token = "e2e-rasa-token"
         self.env = {
@@ -46,6 +46,9 @@ class LeadbotSystem:
             "OPS_API_PORT": str(self.ports["api"]),
             "SCHEDULER_PORT": str(self.ports["scheduler"]),
             "SENDER_PORT": str(self.ports["sender"]),
+            "LOCAL_CALDAV_PORT": str(self.ports["calendar"]),
+            "CALDAV_URL": "",
+            "LEADBOT_RUN_DIR": str(workdir),
             "PUBLIC_BASE_URL": f"http://127.0.0.1:{self.ports['rasa']}",
             "RASA_URL": f"http://127.0.0.1:{self.ports['rasa']}",
             "ACTION_ENDPOINT_URL": f"http://127.0.0.1:{self.ports['actions']}/webhook",
