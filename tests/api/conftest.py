@@ -17,12 +17,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from leadbot.adapters.calendar.caldav_adapter import CalDavCalendar
 from leadbot.clock import FrozenClock
 from leadbot.config import settings
 from leadbot.db.models import Contact, Conversation, Message
 from leadbot.db.session import create_db_engine
-from leadbot.services import privacy
+from leadbot.services import booking, privacy
 from tests.conftest import create_database, drop_database
+from tests.integrations.conftest import CALDAV_PASSWORD, CALDAV_USER, radicale_url  # noqa: F401 - fixture
 
 API_KEY = "test-ops-key-0123456789"
 RASA_TOKEN = "test-rasa-token"
@@ -166,6 +168,25 @@ def bare_client(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[
     with TestClient(create_app(), raise_server_exceptions=False) as test_client:
         yield test_client
     settings.cache_clear()
+
+
+@pytest.fixture
+def team_calendar(
+    radicale_url: str, monkeypatch: pytest.MonkeyPatch, api_env: None  # noqa: F811 - the imported fixture
+) -> Iterator[None]:
+    """A fresh calendar on the real Radicale server, configured through CALDAV_* like a deployment."""
+    name = f"leadbot-api-{uuid.uuid4().hex[:8]}"
+    url = CalDavCalendar.create_calendar(radicale_url, CALDAV_USER, CALDAV_PASSWORD, name)
+    for key, value in {
+        "CALDAV_URL": radicale_url,
+        "CALDAV_USERNAME": CALDAV_USER,
+        "CALDAV_PASSWORD": CALDAV_PASSWORD,
+        "CALDAV_CALENDAR": url,
+    }.items():
+        monkeypatch.setenv(key, value)
+    settings.cache_clear()
+    monkeypatch.setattr(booking, "_calendar", None)  # the process-wide client is built from the settings above
+    yield
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -11,13 +9,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from leadbot.adapters.calendar.caldav_adapter import CalDavCalendar
 from leadbot.clock import FrozenClock
 from leadbot.config import settings
 from leadbot.db.models import Appointment, CrmOutbox, DeadLetter, Message, TaskScheduled
 from leadbot.services import booking, outbound
 from tests.api.conftest import at_berlin, make_contact
-from tests.integrations.conftest import CALDAV_PASSWORD, CALDAV_USER, radicale_url  # noqa: F401 - fixture
 
 
 def _outbox(session: Session) -> list[CrmOutbox]:
@@ -55,24 +51,6 @@ def test_crm_endpoints_validate_404_and_idempotency(client: TestClient, auth: di
     again = client.post("/integrations/crm/activity", headers=headers, json=body)
     assert first.json() == again.json()
     assert len(_outbox(session)) == 1
-
-
-@pytest.fixture
-def team_calendar(
-    radicale_url: str, monkeypatch: pytest.MonkeyPatch, api_env: None  # noqa: F811 - the imported fixture
-) -> Iterator[None]:
-    name = f"leadbot-api-{uuid.uuid4().hex[:8]}"
-    url = CalDavCalendar.create_calendar(radicale_url, CALDAV_USER, CALDAV_PASSWORD, name)
-    for key, value in {
-        "CALDAV_URL": radicale_url,
-        "CALDAV_USERNAME": CALDAV_USER,
-        "CALDAV_PASSWORD": CALDAV_PASSWORD,
-        "CALDAV_CALENDAR": url,
-    }.items():
-        monkeypatch.setenv(key, value)
-    settings.cache_clear()
-    monkeypatch.setattr(booking, "_calendar", None)  # the process-wide client is built from the settings above
-    yield
 
 
 def test_calendar_book_reschedule_attendance_cancel_over_http(
