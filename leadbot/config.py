@@ -68,6 +68,7 @@ class Settings:
     # and how often each Rasa replica sweeps for inbound messages whose turn never ran (crash recovery).
     inbound_reorder_window_ms: int = 300
     inbound_sweep_seconds: int = 30
+    inbound_parallel_conversations: int = 8  # conversations whose turns one Rasa process runs at the same time
     # Sender
     send_max_attempts: int = 5
     send_backoff_base_seconds: float = 2.0
@@ -178,6 +179,7 @@ def load_settings() -> Settings:
         service_window_hours=_int("SERVICE_WINDOW_HOURS", 24),
         inbound_reorder_window_ms=_int("INBOUND_REORDER_WINDOW_MS", 300),
         inbound_sweep_seconds=_int("INBOUND_SWEEP_SECONDS", 30),
+        inbound_parallel_conversations=_int("INBOUND_PARALLEL_CONVERSATIONS", 8),
         send_max_attempts=_int("SEND_MAX_ATTEMPTS", 5),
         send_backoff_base_seconds=_float("SEND_BACKOFF_BASE_SECONDS", 2.0),
         send_backoff_max_seconds=_float("SEND_BACKOFF_MAX_SECONDS", 300.0),

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -336,6 +336,14 @@ def _health() -> None:
 # --- Per-conversation mutual exclusion ------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1)
+def _lock_engine() -> Any:
+    """Advisory locks are held on connections for a whole drain: their own pool, so webhooks never wait for one."""
+    from leadbot.db.session import create_db_engine
+
+    return create_db_engine(settings().database_url)
+
+
 @dataclass
 class _Held:
     conversation_id: int
@@ -377,9 +385,7 @@ class ConversationLocks:
     def _pg_try_lock(conversation_id: int) -> Any:
         import sqlalchemy as sa
 
-        from leadbot.db.session import get_engine
-
-        connection = get_engine().connect().execution_options(isolation_level="AUTOCOMMIT")
+        connection = _lock_engine().connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             got = connection.execute(
                 sa.text("SELECT pg_try_advisory_lock(:ns, :id)"), {"ns": ADVISORY_NAMESPACE, "id": conversation_id}
@@ -468,6 +474,7 @@ class WhatsAppInput(InputChannel):
         self._dirty: set[int] = set()
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task | None = None
+        self._slots: asyncio.Semaphore | None = None
 
     @classmethod
     def name(cls) -> str:
@@ -500,16 +507,21 @@ class WhatsAppInput(InputChannel):
             self._dirty.add(conversation_id)  # the running drain re-checks before it ends
             return
         self._active.add(conversation_id)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(max(1, settings().inbound_parallel_conversations))
         try:
             while True:
                 self._dirty.discard(conversation_id)
-                held = await self.locks.try_acquire(conversation_id)
-                if held is None:
-                    return  # another replica drains; it re-checks after releasing, so our message is seen
-                try:
-                    stalled = await self._process_all(conversation_id)
-                finally:
-                    await self.locks.release(held)
+                # Bounded: turns are CPU work on Rasa's event loop, and each drain holds a lock connection; an
+                # unbounded number would delay the webhooks' acks.
+                async with self._slots:
+                    held = await self.locks.try_acquire(conversation_id)
+                    if held is None:
+                        return  # another replica drains; it re-checks after releasing, so our message is seen
+                    try:
+                        stalled = await self._process_all(conversation_id)
+                    finally:
+                        await self.locks.release(held)
                 if stalled:
                     return  # the agent is not ready: the sweep comes back to it
                 # Re-check after releasing: a message persisted while we held the lock, whose own drain found the

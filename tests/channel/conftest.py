@@ -81,8 +81,8 @@ def _fixture_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-@pytest.fixture(scope="session")
-def bot_model() -> Path:
+def train_bot_model() -> Path:
+    """The tiny channel-test model, trained once per content of `tests/channel/bot/` (cached)."""
     name = f"channel-{_fixture_hash()}"
     model = MODEL_CACHE / f"{name}.tar.gz"
     if model.exists():
@@ -113,6 +113,11 @@ def bot_model() -> Path:
     os.replace(out / f"{name}.tar.gz", model)
     shutil.rmtree(out, ignore_errors=True)
     return model
+
+
+@pytest.fixture(scope="session")
+def bot_model() -> Path:
+    return train_bot_model()
 
 
 # --- Rasa's tracker database and Redis ---------------------------------------------------------------------------
@@ -294,6 +299,7 @@ def start_rasa(
     action_url: str,
     auth_token: str | None,
     extra_env: dict[str, str] | None = None,
+    credentials: Path | None = None,
 ) -> RasaServer:
     port = free_port()
     LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -327,7 +333,7 @@ def start_rasa(
         "-p",
         str(port),
         "--credentials",
-        str(ROOT / "credentials.yml"),
+        str(credentials or ROOT / "credentials.yml"),
         "--endpoints",
         str(ENDPOINTS),
         "-m",
