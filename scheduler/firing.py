@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from leadbot import metrics
 from leadbot.config import Settings, settings
-from leadbot.db.models import Conversation, TaskScheduled
+from leadbot.db.models import TaskScheduled
 from leadbot.db.session import session_scope
 from leadbot.phone import sender_id_for
 from leadbot.services import tasks as task_service
@@ -118,10 +118,11 @@ class Firer:
     def _prepare(self, task_id: int, stats: FireStats) -> _Trigger | None:
         """Re-check the task under its row lock; renew the lease for the HTTP call, or settle the task now."""
         with session_scope(self.engine) as session:
-            task = self.queue.owned(session, task_id)
-            if task is None:
+            owned = self.queue.owned(session, task_id)
+            if owned is None:
                 stats.lost += 1
                 return None
+            task, _conversation, contact = owned
             if task.attempts > self.cfg.task_max_attempts:
                 # Reclaimed from crashed workers too often: a poison task must not crash-loop the fleet.
                 # max_attempts=task.attempts makes record_failure fail it (with a dead letter) right away.
@@ -139,9 +140,8 @@ class Firer:
                 metrics.TASKS_FIRED.labels(task_type=task.task_type, outcome="skipped").inc()
                 log.info("task %s (%s) not fired: %s", task.id, task.task_type, reason)
                 return None
-            conversation = session.get(Conversation, task.conversation_id)
             self.queue.renew(task)
-            return _Trigger(task.id, task.task_type, sender_id_for(conversation.contact.whatsapp_e164))
+            return _Trigger(task.id, task.task_type, sender_id_for(contact.whatsapp_e164))
 
     def _check_handover_sla(self, session: Session, task: TaskScheduled, stats: FireStats) -> None:
         """The SLA check needs no Rasa turn (the bot is silent during a handover): run it in this transaction."""

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from leadbot import metrics
 from leadbot.clock import now
-from leadbot.db.models import DeadLetter, TaskScheduled
+from leadbot.db.models import Contact, Conversation, DeadLetter, TaskScheduled
 from leadbot.db.session import is_sqlite, session_scope
 
 
@@ -79,30 +79,42 @@ class TaskQueue:
             ).scalars()
             return list(claimed)
 
-    def owned(self, session: Session, task_id: int) -> TaskScheduled | None:
-        """The task, row-locked, if this worker still holds it; None when the lease was lost."""
-        return session.execute(
-            select(TaskScheduled)
+    def owned(self, session: Session, task_id: int) -> tuple[TaskScheduled, Conversation, Contact] | None:
+        """The task, row-locked, if this worker still holds it; None when the lease was lost. Its conversation and
+        contact come in the same round trip; holding them keeps them in the session's (weak) identity map, so the
+        fire-time checks do not load them again."""
+        row = session.execute(
+            select(TaskScheduled, Conversation, Contact)
+            .join(Conversation, Conversation.id == TaskScheduled.conversation_id)
+            .join(Contact, Contact.id == Conversation.contact_id)
             .where(
                 TaskScheduled.id == task_id,
                 TaskScheduled.locked_by == self.worker_id,
                 TaskScheduled.status == "running",
             )
-            .with_for_update()
-        ).scalar_one_or_none()
+            .with_for_update(of=TaskScheduled)
+        ).one_or_none()
+        return None if row is None else (row[0], row[1], row[2])
 
     def renew(self, task: TaskScheduled) -> None:
-        task.lease_expires_at = now() + self.lease
+        """Extend the lease for the coming HTTP call, unless more than half of it is left (saves a write)."""
+        current = now()
+        if task.lease_expires_at is None or task.lease_expires_at - current < self.lease / 2:
+            task.lease_expires_at = current + self.lease
 
     def complete(self, task_id: int) -> bool:
         with session_scope(self.engine) as session:
-            task = self.owned(session, task_id)
-            if task is None:
-                return False
-            task.status = "done"
-            task.lease_expires_at = None
-            task.last_error = None
-            return True
+            result = session.execute(
+                update(TaskScheduled)
+                .where(
+                    TaskScheduled.id == task_id,
+                    TaskScheduled.locked_by == self.worker_id,
+                    TaskScheduled.status == "running",
+                )
+                .values(status="done", lease_expires_at=None, last_error=None, updated_at=now())
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
 
     def fail_or_retry(
         self, task_id: int, error: str, *, max_attempts: int, base_seconds: float, max_seconds: float
@@ -110,9 +122,10 @@ class TaskQueue:
         """After a failed attempt: back to `pending` with backoff, or `failed` plus a dead letter after the last
         attempt. Returns the new status (None when the lease was lost)."""
         with session_scope(self.engine) as session:
-            task = self.owned(session, task_id)
-            if task is None:
+            owned = self.owned(session, task_id)
+            if owned is None:
                 return None
+            task = owned[0]
             return self.record_failure(session, task, error, max_attempts, base_seconds, max_seconds)
 
     @staticmethod

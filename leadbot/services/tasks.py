@@ -383,8 +383,16 @@ def message_for_fire(session: Session, task_id: int, task_type: str | None = Non
     A retried trigger (Rasa processed the first one but the scheduler saw a timeout) must not send twice, so the
     first call marks the task (`payload_json["sent_at"]`) under a row lock in the caller's transaction. A duplicate
     WhatsApp template costs more trust than a missing nudge, hence at-most-once here."""
-    query = select(TaskScheduled).where(TaskScheduled.id == task_id).with_for_update()
-    task = session.execute(query).scalar_one_or_none()
+    # Conversation and contact in the same round trip; the local references keep them in the identity map.
+    query = (
+        select(TaskScheduled, Conversation, Contact)
+        .join(Conversation, Conversation.id == TaskScheduled.conversation_id)
+        .join(Contact, Contact.id == Conversation.contact_id)
+        .where(TaskScheduled.id == task_id)
+        .with_for_update(of=TaskScheduled)
+    )
+    row = session.execute(query).one_or_none()
+    task, _conversation, _contact = row if row is not None else (None, None, None)
     if task is None or task.status in ("cancelled", "failed") or (task.payload_json or {}).get("sent_at"):
         return None
     if task_type is not None and task.task_type != task_type:  # an intent that does not match its task_id

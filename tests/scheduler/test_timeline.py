@@ -95,7 +95,8 @@ def test_full_seed_timeline_for_one_lead(engine, frozen_clock, fake_rasa, schedu
         cancelled = next(t for t in done.values() if t.status == "cancelled")
         assert (cancelled.task_type, cancelled.payload_json["cancel_reason"]) == ("nudge_30m", "lead_replied")
 
-        messages = session.execute(select(Message).order_by(Message.id)).scalars().all()
+        query = select(Message).where(Message.direction == "outbound").order_by(Message.id)
+        messages = session.execute(query).scalars().all()
         assert [m.template_name for m in messages] == [
             "lead_welcome_v1", "lead_nudge_v1", "lead_followup_24h_v1", "lead_followup_48h_v1",
             "appointment_reminder_22h_v1", "appointment_reminder_55m_v1", "appointment_reminder_5m_v1",
