@@ -73,10 +73,6 @@ def words(text: str) -> set[str]:
 class HandoverSignals(GraphComponent, IntentClassifier):
     """Overrides the predicted intent when an opt-out, handover keyword or strong negative sentiment is found."""
 
-    @classmethod
-    def required_components(cls) -> list[type]:
-        return [IntentClassifier]
-
     @staticmethod
     def get_default_config() -> dict[str, Any]:
         return {}

@@ -41,7 +41,7 @@ def trained_model(timeout: float = 1200) -> Path:
             "--out", str(MODELS_DIR), "--fixed-model-name", name,
         ],
         cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "RASA_TELEMETRY_ENABLED": "false"},
         capture_output=True,
         text=True,
         timeout=timeout,
