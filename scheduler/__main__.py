@@ -60,6 +60,8 @@ def make_health_server(port: int, engine: sa.engine.Engine, host: str = "0.0.0.0
 
 def main() -> None:
     logs.configure("scheduler")
+    # APScheduler logs every run of the 1 s job at INFO; our own log lines say what the runs did.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     cfg = settings()
     engine = get_engine()
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
