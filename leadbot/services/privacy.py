@@ -15,8 +15,8 @@ Delete is ordered so that every failure leaves a retryable state and never a hal
    yet processed, a task being fired, or a held Rasa lock.
 2. Delete our rows (flushed, not yet committed) and add the `delete_contact` outbox row and the PII-free
    `data_deleted` audit record.
-3. Delete the tracker events (separate database, own commit). If this fails, step 2 rolls back: nothing is
-   deleted and the request can simply be repeated.
+3. Delete the tracker events (separate database, own commit). If this fails (`StoreUnavailable`), step 2 rolls
+   back: nothing is deleted and the request can simply be repeated.
 4. Commit our transaction. If this fails, the tracker rows are gone but the contact still exists: repeating the
    request deletes the rest (tracker deletion is idempotent).
 5. Sweep the tracker and the lock key once more: a Rasa turn that was already past our in-flight check (e.g. a
@@ -30,7 +30,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -71,6 +71,20 @@ class TurnInFlight(RuntimeError):
     """A dialogue turn (or a scheduled task) for this contact is running; deleting now could leave data behind."""
 
 
+class StoreUnavailable(RuntimeError):
+    """Rasa's tracker database or lock store cannot be reached: nothing was exported or deleted; retry later."""
+
+
+@contextlib.contextmanager
+def _rasa_store(what: str) -> Iterator[None]:
+    import redis
+
+    try:
+        yield
+    except (sa.exc.SQLAlchemyError, redis.RedisError) as exc:
+        raise StoreUnavailable(f"{what} unreachable: {type(exc).__name__}") from exc
+
+
 # --- Rasa's stores ---------------------------------------------------------------------------------------
 
 
@@ -92,6 +106,11 @@ def _events_table(engine: Engine) -> sa.Table | None:
 
 
 def tracker_events(sender_id: str) -> list[dict[str, Any]]:
+    with _rasa_store("Rasa tracker database"):
+        return _tracker_events(sender_id)
+
+
+def _tracker_events(sender_id: str) -> list[dict[str, Any]]:
     engine = tracker_engine()
     table = _events_table(engine) if engine is not None else None
     if table is None:
@@ -113,12 +132,13 @@ def tracker_events(sender_id: str) -> list[dict[str, Any]]:
 
 
 def delete_tracker_events(sender_id: str) -> int:
-    engine = tracker_engine()
-    table = _events_table(engine) if engine is not None else None
-    if table is None:
-        return 0
-    with engine.begin() as connection:
-        return connection.execute(sa.delete(table).where(table.c.sender_id == sender_id)).rowcount or 0
+    with _rasa_store("Rasa tracker database"):
+        engine = tracker_engine()
+        table = _events_table(engine) if engine is not None else None
+        if table is None:
+            return 0
+        with engine.begin() as connection:
+            return connection.execute(sa.delete(table).where(table.c.sender_id == sender_id)).rowcount or 0
 
 
 def _lock_store() -> Any:
@@ -135,7 +155,8 @@ def rasa_lock_held(sender_id: str) -> bool:
     store = _lock_store()
     if store is None:
         return False
-    raw = store.get(LOCK_KEY_PREFIX + sender_id)
+    with _rasa_store("Rasa lock store"):
+        raw = store.get(LOCK_KEY_PREFIX + sender_id)
     if not raw:
         return False
     # Rasa's TicketLock: {"conversation_id": ..., "tickets": ["{\"number\": 1, \"expires\": <unix time>}", ...]},
@@ -147,7 +168,8 @@ def rasa_lock_held(sender_id: str) -> bool:
 def delete_rasa_lock(sender_id: str) -> None:
     store = _lock_store()
     if store is not None:
-        store.delete(LOCK_KEY_PREFIX + sender_id)
+        with _rasa_store("Rasa lock store"):
+            store.delete(LOCK_KEY_PREFIX + sender_id)
 
 
 # --- Export ----------------------------------------------------------------------------------------------
@@ -305,8 +327,13 @@ def delete(session: Session, contact: Contact) -> DeletionReport:
     record.details_json = {**record.details_json, "rasa_tracker_events": tracker_deleted}
     session.commit()
 
-    tracker_deleted += delete_tracker_events(sender_id)
-    delete_rasa_lock(sender_id)
+    try:
+        tracker_deleted += delete_tracker_events(sender_id)
+        delete_rasa_lock(sender_id)
+    except StoreUnavailable as exc:
+        # Already deleted above; this sweep only catches a turn that raced us. Retrying needs the contact, which
+        # is gone, so log it (PII-free) for the operator instead of failing a completed deletion.
+        logger.warning("post-delete sweep for contact %s failed: %s", contact_id, exc)
     logger.info("contact %s deleted (%s tracker events)", contact_id, tracker_deleted)
     return DeletionReport(
         contact_id=contact_id, deleted=counts, tracker_events_deleted=tracker_deleted, audit_event_id=record.id

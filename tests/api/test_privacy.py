@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from leadbot.clock import now
+from leadbot.config import settings
 from leadbot.db.models import (
     Appointment,
     AuditEvent,
@@ -195,6 +197,30 @@ def test_delete_refuses_while_a_turn_is_in_flight_and_deletes_nothing(
 
     lock_redis.delete(f"leadbot:lock:{SENDER_ID}")
     assert client.post("/privacy/delete", headers=auth, json={"contact_id": contact.id}).status_code == 200
+
+
+def test_delete_with_the_tracker_database_down_deletes_nothing_and_can_be_repeated(
+    client: TestClient,
+    auth: dict,
+    session: Session,
+    tracker_engine: Engine,
+    tracker_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    contact_id = _full_history(session, tracker_engine).id
+    monkeypatch.setenv("RASA_TRACKER_URL", "postgresql://postgres@127.0.0.1:9/rasa")  # nothing listens there
+    settings.cache_clear()
+    down = client.post("/privacy/delete", headers=auth, json={"contact_id": contact_id})
+    assert down.status_code == 503 and "nothing was deleted" in down.json()["detail"]
+    assert client.post("/privacy/export", headers=auth, json={"contact_id": contact_id}).status_code == 503
+    session.expire_all()
+    assert session.get(Contact, contact_id) is not None
+    assert session.execute(select(sa.func.count()).select_from(Message)).scalar_one() == len(TEXTS) + 3
+
+    monkeypatch.setenv("RASA_TRACKER_URL", tracker_database_url)
+    settings.cache_clear()
+    assert client.post("/privacy/delete", headers=auth, json={"contact_id": contact_id}).status_code == 200
+    assert _search_everywhere(tracker_engine, (SENDER_ID, NAME)) == []
 
 
 def test_export_returns_every_table_with_the_seeds_field_names(

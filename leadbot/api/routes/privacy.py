@@ -20,7 +20,7 @@ router = APIRouter(prefix="/privacy", tags=["privacy"], dependencies=[Depends(re
 
 _NOT_FOUND = {404: {"description": "Unknown contact"}}
 # Seconds a client should wait before retrying a delete refused because a turn is in flight.
-_RETRY_AFTER_SECONDS = 5
+_RETRY_AFTER = {"Retry-After": "5"}
 
 
 class DeleteResult(BaseModel):
@@ -36,12 +36,18 @@ class RevokeResult(BaseModel):
     consent_status: str
 
 
-@router.post("/export", responses=_NOT_FOUND)
+_UNAVAILABLE = {503: {"description": "Rasa's tracker database or lock store is unreachable; retry (Retry-After)"}}
+
+
+@router.post("/export", responses={**_NOT_FOUND, **_UNAVAILABLE})
 def export_contact(body: ContactRef, session: Session = Depends(db_session)) -> dict[str, Any]:
     """Everything stored about the contact, keyed by table name with the tables' field names, plus the Rasa
     tracker events of their conversations (`rasa_tracker_events`)."""
     contact = contact_or_404(session, body)
-    data = privacy.export(session, contact)
+    try:
+        data = privacy.export(session, contact)
+    except privacy.StoreUnavailable as exc:  # an export without the tracker events would be incomplete
+        raise HTTPException(503, str(exc), headers=_RETRY_AFTER) from exc
     session.commit()
     return data
 
@@ -49,7 +55,11 @@ def export_contact(body: ContactRef, session: Session = Depends(db_session)) -> 
 @router.post(
     "/delete",
     response_model=DeleteResult,
-    responses={**_NOT_FOUND, 409: {"description": "A turn for this contact is in flight; retry (Retry-After)"}},
+    responses={
+        **_NOT_FOUND,
+        **_UNAVAILABLE,
+        409: {"description": "A turn for this contact is in flight; retry (Retry-After)"},
+    },
 )
 def delete_contact(body: ContactRef, session: Session = Depends(db_session)) -> DeleteResult:
     """Delete the contact's personal data everywhere: our tables, the Rasa tracker and lock, and (through the
@@ -58,7 +68,9 @@ def delete_contact(body: ContactRef, session: Session = Depends(db_session)) -> 
     try:
         report = privacy.delete(session, contact)
     except privacy.TurnInFlight as exc:
-        raise HTTPException(409, str(exc), headers={"Retry-After": str(_RETRY_AFTER_SECONDS)}) from exc
+        raise HTTPException(409, str(exc), headers=_RETRY_AFTER) from exc
+    except privacy.StoreUnavailable as exc:
+        raise HTTPException(503, f"{exc}; nothing was deleted", headers=_RETRY_AFTER) from exc
     except LookupError as exc:  # deleted by a concurrent request between lookup and lock
         raise HTTPException(404, "unknown contact") from exc
     return DeleteResult(
