@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from leadbot.adapters.twilio_errors import ErrorClass, SendError, backoff_seconds
 from leadbot.adapters.twilio_transport import OutboundMessage, SendResult, Transport
@@ -61,25 +61,38 @@ def _waiting() -> Any:
     )
 
 
-def head_query(now: datetime, exclude_conversations: set[int] | frozenset[int] = frozenset()) -> Any:
-    """The oldest due message that is the head of its conversation's queue."""
-    earlier = aliased(Message)
-    has_earlier = exists().where(
-        earlier.conversation_id == Message.conversation_id,
-        earlier.direction == "outbound",
-        earlier.delivery_status == "queued",
-        earlier.provider_message_id.is_(None),
-        earlier.id < Message.id,
-    )
-    query = select(Message).where(
-        _waiting(),
-        Message.send_at <= now,
-        or_(Message.next_attempt_at.is_(None), Message.next_attempt_at <= now),
-        ~has_earlier,
-    )
+def head_candidates(
+    now: datetime, *, postgres: bool, exclude_conversations: set[int] | frozenset[int] = frozenset(), limit: int = 1
+) -> Any:
+    """Ids of due messages that are the head (lowest waiting id) of their conversation's queue, oldest first.
+
+    PostgreSQL uses DISTINCT ON, a single sort over the waiting rows: right after a burst the table statistics
+    are stale, and the planner turned the portable join below into a nested loop costing seconds per claim.
+    """
+    if postgres:
+        heads = (
+            select(Message.id, Message.send_at, Message.next_attempt_at)
+            .where(_waiting())
+            .distinct(Message.conversation_id)
+            .order_by(Message.conversation_id, Message.id)
+        )
+    else:
+        first = (
+            select(func.min(Message.id).label("head_id"))
+            .where(_waiting())
+            .group_by(Message.conversation_id)
+            .subquery("firsts")
+        )
+        heads = select(Message.id, Message.send_at, Message.next_attempt_at).join(first, first.c.head_id == Message.id)
     if exclude_conversations:
-        query = query.where(Message.conversation_id.not_in(exclude_conversations))
-    return query.order_by(Message.send_at, Message.id).limit(1)
+        heads = heads.where(Message.conversation_id.not_in(exclude_conversations))
+    head = heads.subquery("heads")
+    return (
+        select(head.c.id)
+        .where(head.c.send_at <= now, or_(head.c.next_attempt_at.is_(None), head.c.next_attempt_at <= now))
+        .order_by(head.c.send_at, head.c.id)
+        .limit(limit)
+    )
 
 
 def outbound_message(message: Message, contact: Contact) -> OutboundMessage:
@@ -230,14 +243,21 @@ class Sender:
         if not self._sqlite:
             with self._claim_lock:
                 exclude = set(self._inflight)
-            query = head_query(now, exclude).with_for_update(skip_locked=True, of=Message)
-            message = session.execute(query).scalar_one_or_none()
-            if message is not None:
-                with self._claim_lock:
-                    self._inflight.add(message.conversation_id)
-            return message
+            query = head_candidates(now, postgres=True, exclude_conversations=exclude, limit=self.threads + 1)
+            for candidate in session.execute(query).scalars().all():
+                # Lock it, re-checking on the newest row version that no other sender settled it meanwhile.
+                message = session.execute(
+                    select(Message).where(Message.id == candidate, _waiting()).with_for_update(skip_locked=True)
+                ).scalar_one_or_none()
+                if message is not None:
+                    with self._claim_lock:
+                        self._inflight.add(message.conversation_id)
+                    return message
+            return None
         with self._claim_lock:
-            message = session.execute(head_query(now, self._inflight)).scalar_one_or_none()
+            query = head_candidates(now, postgres=False, exclude_conversations=self._inflight)
+            candidate = session.execute(query).scalar_one_or_none()
+            message = session.get(Message, candidate) if candidate is not None else None
             if message is not None:
                 self._inflight.add(message.conversation_id)
         # End the read transaction: SQLite could not upgrade it to a write after another thread committed.
