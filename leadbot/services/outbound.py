@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from leadbot import metrics
 from leadbot.clock import now as clock_now
 from leadbot.config import Settings, settings
 from leadbot.db.models import Contact, Conversation, Message
@@ -138,6 +139,7 @@ def enqueue(
     session.add(message)
     session.flush()
     if not decision.allowed:
+        metrics.POLICY_BLOCKS.labels(reason=decision.reason.value).inc()
         audit.record(
             session,
             contact.id,
