@@ -160,11 +160,12 @@ def test_opt_in_skip_ahead_chat_and_ticks(page, simulator_env, ops_api, recorder
     # Once the channel stored it, the pending bubble becomes the stored message (✓✓), blue once processed.
     inbound = Message(conversation_id=conversation.id, direction="inbound", content="Ja, passt",
                       provider_message_id=tap["MessageSid"], message_type="interactive", delivery_status="delivered",
-                      created_at=clock_module.now())
+                      sender_role="human", created_at=clock_module.now())
     session.add(inbound)
     session.commit()
     chat.locator(f".row.lead[data-message-id='{inbound.id}'][data-status=delivered]").wait_for()
     assert page.locator(".row.lead[data-status=pending]").count() == 0
+    assert chat.locator(".row.lead .label").count() == 0  # the lead is a human too, but not "Team"
     inbound.processed_at = clock_module.now()
     session.commit()
     chat.locator(f".row.lead[data-message-id='{inbound.id}'][data-status=read]").wait_for()

@@ -267,6 +267,7 @@ def send(body: SimulatedInbound, session: Session = Depends(db_session)) -> dict
     contact = get_contact_or_404(session, body.contact_id)
     text = body.text.strip() or body.button_text or body.button_payload
     params = inbound_params(cfg, contact, text, body.button_payload, body.button_text)
+    session.commit()  # end the read transaction: the channel writes this message while we wait for its answer
     response = post_signed(cfg, INBOUND_PATH, params)
     if response.status_code >= 300:
         raise HTTPException(502, f"the WhatsApp channel answered {response.status_code}")
@@ -384,6 +385,7 @@ def mark_read(body: ReadReceipt, session: Session = Depends(db_session)) -> dict
             Message.delivery_status == "delivered",
         )
     ).all()
+    session.commit()  # the channel updates these rows while we post; hold no snapshot meanwhile
     read = []
     for message_id, sid in rows:
         if post_signed(cfg, STATUS_CALLBACK_PATH, read_params(cfg, contact, sid)).status_code < 300:

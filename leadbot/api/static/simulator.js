@@ -141,7 +141,8 @@ function renderMessage(column, message) {
     meta.append(el("span", { class: "time" }, timeOf(shownAt(message), tz)));
   }
   meta.append(bot ? ticks(message.delivery_status, message.error_code) : ticks(leadStatus(message)));
-  const label = message.sender_role === "human" ? el("div", { class: "label" }, "Team") : null;
+  // A team member's reply during a handover (inbound rows carry the lead's role, never labelled).
+  const label = bot && message.sender_role === "human" ? el("div", { class: "label" }, "Team") : null;
   const body = message.content ? formatted(message.content) : null;
   const media = message.media_url ? el("a", { class: "media", href: message.media_url, target: "_blank" }, "📎 Anhang") : null;
   const row = el("div", { class: `row ${bot ? "bot" : "lead"}${queued ? " queued" : ""}`, "data-message-id": message.id,
