@@ -7,7 +7,8 @@ Where a contact's personal data lives:
 - Rasa's SQL tracker store (`RASA_TRACKER_URL`, a separate database): the `events` rows of the sender id
   `wa<digits>`; Rasa has no API to delete a tracker, so we delete the rows;
 - the Rasa lock store (`RASA_LOCK_URL`, Redis): `leadbot:lock:<sender id>`;
-- the CRM: a `delete_contact` outbox row asks the CRM adapter to delete it there.
+- the CRM: a `delete_contact` outbox row asks the CRM adapter to delete it there;
+- the calendar: booked calls are events whose summary/description name the lead; they are deleted.
 
 Delete is ordered so that every failure leaves a retryable state and never a half-deleted contact:
 1. In our transaction, lock the contact row (the inbound path locks the same row, so no new inbound message of this
@@ -15,8 +16,9 @@ Delete is ordered so that every failure leaves a retryable state and never a hal
    yet processed, a task being fired, or a held Rasa lock.
 2. Delete our rows (flushed, not yet committed) and add the `delete_contact` outbox row and the PII-free
    `data_deleted` audit record.
-3. Delete the tracker events (separate database, own commit). If this fails (`StoreUnavailable`), step 2 rolls
-   back: nothing is deleted and the request can simply be repeated.
+3. Delete the tracker events (separate database, own commit) and the calendar events of the contact's
+   appointments. If this fails (`StoreUnavailable`), step 2 rolls back: our rows are untouched and the request can
+   simply be repeated (both deletions are idempotent).
 4. Commit our transaction. If this fails, the tracker rows are gone but the contact still exists: repeating the
    request deletes the rest (tracker deletion is idempotent).
 5. Sweep the tracker and the lock key once more: a Rasa turn that was already past our in-flight check (e.g. a
@@ -263,6 +265,20 @@ def ensure_no_turn_in_flight(session: Session, contact: Contact, conversation_id
         raise TurnInFlight("Rasa is running a turn for this contact; retry in a few seconds")
 
 
+def delete_calendar_events(uids: list[str]) -> int:
+    """Delete the calendar events of booked calls (they name the lead); an already deleted event is fine."""
+    if not uids:
+        return 0
+    from leadbot.adapters.calendar.caldav_adapter import CalendarError
+    from leadbot.services.booking import configured_calendar
+
+    try:
+        calendar = configured_calendar()
+        return sum(calendar.delete_event(uid) for uid in uids)
+    except CalendarError as exc:
+        raise StoreUnavailable(f"calendar unreachable: {exc}") from exc
+
+
 def _crm_reference(contact: Contact) -> dict[str, Any]:
     """What the CRM adapter needs to find the contact there, without keeping personal data in the outbox."""
     if contact.crm_id:
@@ -302,6 +318,14 @@ def delete(session: Session, contact: Contact) -> DeletionReport:
         "crm_outbox": _count(session, CrmOutbox, CrmOutbox.contact_id == contact.id),
     }
     crm_reference = _crm_reference(contact)
+    calendar_uids = [
+        uid
+        for uid in session.execute(
+            select(Appointment.calendar_uid).where(
+                Appointment.conversation_id.in_(conversation_ids), Appointment.calendar_uid.is_not(None)
+            )
+        ).scalars()
+    ]
     # Pending CRM writes would copy the personal data into the CRM after its deletion there: drop them all.
     session.execute(
         sa.delete(CrmOutbox).where(CrmOutbox.contact_id == contact.id).execution_options(synchronize_session=False)
@@ -324,7 +348,10 @@ def delete(session: Session, contact: Contact) -> DeletionReport:
     session.flush()
 
     tracker_deleted = delete_tracker_events(sender_id)
-    record.details_json = {**record.details_json, "rasa_tracker_events": tracker_deleted}
+    calendar_deleted = delete_calendar_events(calendar_uids)
+    record.details_json = {
+        **record.details_json, "rasa_tracker_events": tracker_deleted, "calendar_events": calendar_deleted
+    }
     session.commit()
 
     try:

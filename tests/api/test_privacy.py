@@ -28,7 +28,7 @@ from leadbot.db.models import (
     QualificationAnswer,
     TaskScheduled,
 )
-from leadbot.services import audit, crm_outbox, handover, outbound, tasks
+from leadbot.services import audit, booking, crm_outbox, handover, outbound, tasks
 from tests.api.conftest import make_contact, rasa_events
 
 PHONE = "+4915198765432"
@@ -135,9 +135,21 @@ def _search_everywhere(engine: Engine, needles: tuple[str, ...]) -> list[str]:
 
 
 def test_delete_leaves_no_trace_in_either_database(
-    client: TestClient, auth: dict, session: Session, engine: Engine, tracker_engine: Engine, lock_redis: Any
+    client: TestClient,
+    auth: dict,
+    session: Session,
+    engine: Engine,
+    tracker_engine: Engine,
+    lock_redis: Any,
+    team_calendar: None,
 ) -> None:
     contact_id = _full_history(session, tracker_engine).id
+    # The booked call is an event in the team's calendar that names the lead: it must go too.
+    calendar = booking.configured_calendar()
+    starts = now() + timedelta(days=2)
+    calendar.create_event(uid=f"uid-{SENDER_ID}", start=starts, end=starts + timedelta(minutes=30),
+                          zone="Europe/Berlin", summary=f"Call mit {NAME}", description=f"WhatsApp {PHONE}")
+    assert calendar.get_event(f"uid-{SENDER_ID}") is not None
     # An idle Rasa lock (all tickets expired) is left behind by Rasa; it holds the sender id and must go too.
     lock_redis.set(f"leadbot:lock:{SENDER_ID}", json.dumps({"conversation_id": SENDER_ID, "tickets": []}))
     needles = (PHONE, PHONE[1:], SENDER_ID, NAME, *TEXTS)
@@ -166,11 +178,14 @@ def test_delete_leaves_no_trace_in_either_database(
     assert crm.operation == "delete_contact" and crm.status == "pending"
     assert set(crm.payload_json) == {"contact_id", "crm_id", "phone_sha256"}
 
+    assert calendar.get_event(f"uid-{SENDER_ID}") is None
+    assert record.details_json["calendar_events"] == 1
+
     assert client.post("/privacy/delete", headers=auth, json={"contact_id": contact_id}).status_code == 404
 
 
 def test_delete_refuses_while_a_turn_is_in_flight_and_deletes_nothing(
-    client: TestClient, auth: dict, session: Session, tracker_engine: Engine, lock_redis: Any
+    client: TestClient, auth: dict, session: Session, tracker_engine: Engine, lock_redis: Any, team_calendar: None
 ) -> None:
     contact = _full_history(session, tracker_engine)
     conversation = session.execute(select(Conversation)).scalar_one()
@@ -203,6 +218,7 @@ def test_delete_with_the_tracker_database_down_deletes_nothing_and_can_be_repeat
     client: TestClient,
     auth: dict,
     session: Session,
+    team_calendar: None,
     tracker_engine: Engine,
     tracker_database_url: str,
     monkeypatch: pytest.MonkeyPatch,
