@@ -24,7 +24,8 @@ find_python() {
   return 1
 }
 
-hash_files() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+# A missing file hashes as empty (a lock file is optional until it is generated).
+hash_files() { { cat "$@" 2>/dev/null || true; } | sha256sum | cut -c1-16; }
 
 # Create a venv and install a requirements set pinned by its lock file; skipped when nothing changed.
 ensure_venv() {
