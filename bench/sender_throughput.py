@@ -2,6 +2,8 @@
 
 Twilio's default limit for one WhatsApp sender is 80 messages per second (MPS); the sender must not be the
 bottleneck below that. Uses a scratch PostgreSQL database (TEST_POSTGRES_ADMIN_URL, like the tests) and loopback only.
+Both workers and the fake share this one Python process (and its GIL), so "2 workers" shows that replicas do not
+get in each other's way (row locks, no double sends), not the scaling of separate sender processes.
 
     .venv/bin/python bench/sender_throughput.py [--messages 3000] [--contacts 1000] [--threads 8]
 """

@@ -139,6 +139,7 @@ class TwilioFake:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as two writes: avoid the 40 ms delayed ACK
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet test output
                 return None

@@ -87,6 +87,8 @@ def status_receiver(engine: Engine) -> Iterator[Callable[[str], StatusReceiver]]
         receiver = StatusReceiver(base_url="", token=token)
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True
+
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 return None
 
