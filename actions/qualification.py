@@ -315,13 +315,29 @@ class ValidateQualificationForm(FormValidationAction):
 
 
 # --- The form's questions -------------------------------------------------------------------------------------------
+# Actions after which the form's question is the natural next message (no "Zurück zu meiner Frage").
+_LEADS_INTO_QUESTION = frozenset({"action_listen", "action_consent_given", "action_resume", "action_session_start"})
+
+
+def _action_before_form(tracker: Tracker) -> str | None:
+    """The action that ran before the form asks: Rasa runs the ask action on a tracker whose last action is the form
+    itself, so the one before it tells whether the lead's message was just validated (`action_listen`) or an
+    interruption (a question, a greeting) was answered first."""
+    executed = [event.get("name") for event in tracker.events if event.get("event") == "action"]
+    return executed[-2] if len(executed) >= 2 else None
+
+
 def _question_text(tracker: Tracker, question: str, hint: str) -> str:
-    intent = latest_intent(tracker)
-    if misunderstandings(tracker) > 0:
+    before = _action_before_form(tracker)
+    if before == "action_listen" and misunderstandings(tracker) > 0:
         return hint
-    if intent in SOFT_INTERRUPTIONS:
+    if before not in _LEADS_INTO_QUESTION:
         return BACK_TO_QUESTION + question
     return question
+
+
+def _said_later(tracker: Tracker) -> bool:
+    return latest_intent(tracker) == "later" and _action_before_form(tracker) == "action_listen"
 
 
 class ActionAskAdsRunning(Action):
@@ -335,7 +351,7 @@ class ActionAskAdsRunning(Action):
                 session, conversation, qualification.Q1_ADS_RUNNING
             ),
         )
-        if latest_intent(tracker) == "later" and tracker.latest_action_name == "action_listen":
+        if _said_later(tracker):
             dispatcher.utter_message(text=LATER_IN_FORM)
         else:
             dispatcher.utter_message(text=_question_text(tracker, Q1, Q1_HINT))
@@ -353,10 +369,10 @@ class ActionAskMonthlyLeads(Action):
                 session, conversation, qualification.Q2_MONTHLY_LEADS
             ),
         )
-        fresh_answer = tracker.latest_action_name == "action_listen"
-        if latest_intent(tracker) == "later" and fresh_answer:
+        just_answered = _action_before_form(tracker) == "action_listen"
+        if _said_later(tracker):
             dispatcher.utter_message(text=LATER_IN_FORM)
-        elif tracker.get_slot("volume_unknown_asked") and fresh_answer and misunderstandings(tracker) == 0:
+        elif just_answered and tracker.get_slot("volume_unknown_asked") and misunderstandings(tracker) == 0:
             dispatcher.utter_message(text=Q2_UNKNOWN_ONCE_MORE)
         else:
             dispatcher.utter_message(text=_question_text(tracker, Q2, Q2_HINT))

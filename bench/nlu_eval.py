@@ -1,6 +1,6 @@
 """NLU evaluation of the German intents: k-fold cross-validation with `rasa test nlu` (issue 4 "Done means").
 
-Usage: `.venv/bin/python bench/nlu_eval.py [--folds 3] [--out results/nlu_eval]`
+Usage: `.venv/bin/python bench/nlu_eval.py [--folds 5] [--out results/nlu_eval]`
 Prints intent accuracy, macro/weighted F1 and the F1 of every intent; tests/dialogue/test_nlu_eval.py asserts floors.
 
 Cross-validation runs the full pipeline of config.yml on each held-out fold, including `leadbot.rasa_nlu`
@@ -31,7 +31,7 @@ class NluReport:
     per_intent: dict[str, tuple[float, int]]  # intent -> (f1, support)
 
 
-def run(folds: int = 3, out: Path | None = None) -> NluReport:
+def run(folds: int = 5, out: Path | None = None) -> NluReport:
     out_dir = out or Path(tempfile.mkdtemp(prefix="nlu-eval-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
@@ -77,7 +77,7 @@ def format_report(report: NluReport) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     print(format_report(run(args.folds, args.out)))

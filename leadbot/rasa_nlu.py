@@ -11,6 +11,9 @@ do not rate as negative enough is replaced by the next-best intent. The env var 
 it needs a restart but no retraining. Default 0.65: a single mildly negative word ("gerade schlecht", "Ads haben
 schlecht funktioniert") scores about -0.58 and is no reason for a handover; insults and anger score -0.66 and lower.
 
+Yes/no: when DIET says affirm, deny or fallback, `parse_yes_no` (unit-tested on 150+ phrasings) decides between
+affirm and deny, so "👍", "jaaa" or "nö, danke" answer the consent question reliably.
+
 Gibberish: DIET's character n-grams make it confident even for "blubb" or "qwertz". A message none of whose words
 occur in the training data (digits and emoji aside) is therefore `nlu_fallback`, which feeds the "more than two
 misunderstandings in a row" handover. The component learns that vocabulary at training time.
@@ -41,6 +44,7 @@ OPT_OUT_INTENT = "opt_out"
 HUMAN_INTENT = "request_human"
 COMPLAIN_INTENT = "complain"
 DEFAULT_SENTIMENT_THRESHOLD = 0.65
+_YES_NO_INTENTS = frozenset({"affirm", "deny", DEFAULT_NLU_FALLBACK_INTENT_NAME})
 _WORD = re.compile(r"[a-z]+")
 _VOCABULARY_FILE = "vocabulary.json"
 
@@ -133,6 +137,16 @@ class HandoverSignals(GraphComponent, IntentClassifier):
             self._process_one(message, threshold)
         return messages
 
+    @staticmethod
+    def _set_intent(message: Message, intent: str, ranking: list[dict[str, Any]]) -> None:
+        if (message.get(INTENT) or {}).get(INTENT_NAME_KEY) == intent:
+            return
+        message.set(INTENT, {INTENT_NAME_KEY: intent, PREDICTED_CONFIDENCE_KEY: 1.0}, add_to_output=True)
+        ranking = [{INTENT_NAME_KEY: intent, PREDICTED_CONFIDENCE_KEY: 1.0}] + [
+            entry for entry in ranking if entry.get(INTENT_NAME_KEY) != intent
+        ]
+        message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+
     def _process_one(self, message: Message, threshold: float) -> None:
         text = message.get(TEXT) or ""
         if text.startswith("/"):  # "/intent" payloads (buttons, tests) are explicit
@@ -141,17 +155,16 @@ class HandoverSignals(GraphComponent, IntentClassifier):
         forced = signal_intent(text, threshold)
         ranking = list(message.get(INTENT_RANKING_KEY) or [])
         if forced is not None:
-            if forced != predicted:
-                message.set(INTENT, {INTENT_NAME_KEY: forced, PREDICTED_CONFIDENCE_KEY: 1.0}, add_to_output=True)
-                ranking = [{INTENT_NAME_KEY: forced, PREDICTED_CONFIDENCE_KEY: 1.0}] + [
-                    entry for entry in ranking if entry.get(INTENT_NAME_KEY) != forced
-                ]
-                message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+            self._set_intent(message, forced, ranking)
+            return
+        yes_no = understanding.parse_yes_no(text)
+        if predicted in _YES_NO_INTENTS and yes_no is not None:
+            # A plain yes/no decides the consent step; the tested parser beats DIET on "👍", "jaaaa" or "nö, danke".
+            self._set_intent(message, "affirm" if yes_no == "yes" else "deny", ranking)
             return
         message_words = words(text)
         unknown_words = bool(message_words) and not message_words & self._vocabulary
-        # A yes/no the parser understands ("jaaaa", "neee") is no gibberish even with unseen spelling.
-        if self._vocabulary and unknown_words and understanding.parse_yes_no(text) is None:
+        if self._vocabulary and unknown_words and yes_no is None:
             message.set(
                 INTENT, {INTENT_NAME_KEY: DEFAULT_NLU_FALLBACK_INTENT_NAME, PREDICTED_CONFIDENCE_KEY: 1.0},
                 add_to_output=True,

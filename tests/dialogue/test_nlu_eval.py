@@ -1,4 +1,4 @@
-"""Floors for the German NLU, measured by 3-fold cross-validation (bench/nlu_eval.py)."""
+"""Floors for the German NLU, measured by 5-fold cross-validation (bench/nlu_eval.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ NOT_LANGUAGE = ("EXTERNAL_", "nlu_fallback")
 
 
 def test_intent_accuracy_and_per_intent_f1_floors(tmp_path) -> None:
-    report = run(folds=3, out=tmp_path)
+    report = run(folds=5, out=tmp_path)
     sys.stdout.write(format_report(report) + "\n")
     assert report.accuracy >= MIN_ACCURACY
     weak = {

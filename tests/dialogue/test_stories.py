@@ -8,63 +8,17 @@ as in production (`rasa test` predicts actions from the story's recorded events;
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.dialogue.rasa_model import RASA_BIN, ROOT, trained_model
 
 pytestmark = pytest.mark.timeout(1800)
 
-ACTION_PYTHON = ROOT / ".venv" / "bin" / "python"
 STORIES = ROOT / "tests" / "stories"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def action_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    log = tmp_path_factory.mktemp("action-server") / "actions.log"
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            [str(ACTION_PYTHON), "-m", "rasa_sdk", "--actions", "actions", "-p", str(port)],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": database_url},
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"action server exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"action server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield f"{url}/webhook"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def test_every_story_passes(action_server: str, tmp_path: Path) -> None:

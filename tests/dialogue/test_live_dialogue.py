@@ -1,0 +1,161 @@
+"""The qualification dialogue live: a Rasa server with our model, the action server on the test database.
+
+Unlike the test stories (`rasa test` predicts actions but does not run them) these conversations execute the
+actions: the German parsers in the form, the texts the lead reads, and what lands in PostgreSQL
+(qualification_answers, conversations, handovers, audit events, the CRM outbox).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from actions import handover as handover_actions
+from actions import qualification as texts
+from leadbot.db.models import AuditEvent, Conversation, CrmOutbox, Handover, QualificationAnswer
+from leadbot.phone import sender_id_for
+from leadbot.services import handover as handover_service
+from leadbot.services import qualification
+
+pytestmark = pytest.mark.timeout(1800)
+
+
+class Lead:
+    """One lead talking to the bot through Rasa's REST channel and the trigger_intent API."""
+
+    def __init__(self, rasa_url: str, e164: str) -> None:
+        self.rasa_url = rasa_url
+        self.sender = sender_id_for(e164)
+
+    def says(self, text: str) -> list[dict[str, Any]]:
+        response = httpx.post(
+            f"{self.rasa_url}/webhooks/rest/webhook", json={"sender": self.sender, "message": text}, timeout=120
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def trigger(self, intent: str) -> list[dict[str, Any]]:
+        response = httpx.post(
+            f"{self.rasa_url}/conversations/{self.sender}/trigger_intent",
+            params={"output_channel": "latest"},
+            json={"name": intent, "entities": {}},
+            timeout=120,
+        )
+        response.raise_for_status()
+        return response.json().get("messages", [])
+
+
+def texts_of(messages: list[dict[str, Any]]) -> list[str]:
+    return [message["text"] for message in messages if "text" in message]
+
+
+def conversation_of(engine: Engine, lead: Lead) -> tuple[Conversation, QualificationAnswer | None]:
+    with Session(engine, expire_on_commit=False) as session:
+        conversation = qualification.conversation_for_sender(session, lead.sender)
+        session.commit()
+        answers = session.execute(
+            select(QualificationAnswer).where(QualificationAnswer.conversation_id == conversation.id)
+        ).scalar_one_or_none()
+        return conversation, answers
+
+
+@pytest.fixture
+def lead(rasa_server: str, engine: Engine, request: pytest.FixtureRequest) -> Lead:
+    # A distinct valid German mobile number per test keeps the Rasa trackers apart.
+    number = 10_000_000 + abs(hash(request.node.name)) % 89_999_999
+    return Lead(rasa_server, f"+49151{number}")
+
+
+def start_questions(lead: Lead) -> None:
+    assert texts_of(lead.says("Hallo")) == [texts.WELCOME_TEXT.format(name="")]
+    assert texts_of(lead.says("Ja, passt")) == [texts.CONSENT_THANKS, texts.Q1]
+
+
+def test_welcome_template_then_qualified(lead: Lead, engine: Engine) -> None:
+    [welcome] = lead.trigger("EXTERNAL_welcome")
+    assert welcome["custom"]["template"] == "lead_welcome_v1"
+    assert welcome["custom"]["purpose"] == "marketing"
+    assert texts_of(lead.says("jo klar 👍")) == [texts.CONSENT_THANKS, texts.Q1]
+    assert texts_of(lead.says("ja, Meta und Google")) == [texts.Q2]
+    assert texts_of(lead.says("so um die 150 im Monat")) == [texts.QUALIFIED]
+
+    conversation, answers = conversation_of(engine, lead)
+    assert (conversation.status, conversation.current_state) == ("qualified", "qualified")
+    assert (answers.ads_running, answers.monthly_leads_bucket, answers.qualified) == ("yes", "100-300", "true")
+    assert answers.monthly_leads_estimate == 150
+    with Session(engine) as session:
+        upserts = session.execute(select(CrmOutbox).where(CrmOutbox.operation == "lead_upsert")).scalars().all()
+    assert [row.payload_json["status"] for row in upserts] == ["qualified"]
+
+
+def test_no_ads_is_disqualified_friendly(lead: Lead, engine: Engine) -> None:
+    start_questions(lead)
+    assert texts_of(lead.says("nee, wir haben pausiert")) == [texts.DISQUALIFIED_NO_ADS, texts.DISQUALIFIED_NO_ADS_END]
+    conversation, answers = conversation_of(engine, lead)
+    assert (conversation.status, answers.ads_running, answers.reason) == ("disqualified", "no", "no_ads")
+
+
+def test_low_volume_in_words_is_disqualified(lead: Lead, engine: Engine) -> None:
+    start_questions(lead)
+    lead.says("ja, Insta Ads")
+    assert texts_of(lead.says("knapp hundert")) == [texts.DISQUALIFIED_LOW_VOLUME]
+    _, answers = conversation_of(engine, lead)
+    assert (answers.monthly_leads_bucket, answers.qualified) == ("<100", "false")
+
+
+def test_unknown_volume_is_asked_once_more_then_pending(lead: Lead, engine: Engine) -> None:
+    start_questions(lead)
+    lead.says("ja")
+    assert texts_of(lead.says("keine Ahnung")) == [texts.Q2_UNKNOWN_ONCE_MORE]
+    assert texts_of(lead.says("weiß ich echt nicht")) == [texts.VOLUME_UNKNOWN]
+    conversation, answers = conversation_of(engine, lead)
+    assert (conversation.status, answers.qualified, answers.reason) == ("open", "pending", "volume_unknown")
+
+
+def test_consent_later_is_respected(lead: Lead, engine: Engine) -> None:
+    lead.says("Hallo")
+    assert texts_of(lead.says("gerade schlecht, lieber später")) == [texts.CONSENT_LATER]
+    conversation, answers = conversation_of(engine, lead)
+    assert (conversation.current_state, answers) == ("consent_later", None)
+
+
+def test_misunderstanding_gets_a_hint_and_the_third_hands_over(lead: Lead, engine: Engine) -> None:
+    start_questions(lead)
+    assert texts_of(lead.says("blubb")) == [texts.Q1_HINT]
+    assert texts_of(lead.says("hmm xyz")) == [texts.Q1_HINT]
+    assert texts_of(lead.says("qwertz")) == []  # the handover service tells the lead (outbound queue)
+    conversation, _ = conversation_of(engine, lead)
+    assert (conversation.owner, conversation.status) == ("human", "handover")
+    with Session(engine) as session:
+        handover = session.execute(select(Handover)).scalar_one()
+        audit = session.execute(select(AuditEvent).where(AuditEvent.event_type == "handover")).scalar_one()
+    assert (handover.reason, handover.resume_state) == ("misunderstandings", "q1_ads_running")
+    assert audit.details_json["reason"] == "misunderstandings"
+
+
+def test_handover_keyword_then_hand_back_resumes_at_q2(lead: Lead, engine: Engine) -> None:
+    start_questions(lead)
+    assert texts_of(lead.says("jap, Google Ads")) == [texts.Q2]
+    assert texts_of(lead.says("Kann mich ein Berater anrufen?")) == []
+    conversation, _ = conversation_of(engine, lead)
+    assert conversation.owner == "human"
+    with Session(engine) as session:
+        assert session.execute(select(Handover.reason)).scalar_one() == "keyword"
+        handed = session.get(Conversation, conversation.id)
+        handover_service.hand_back(session, handed)
+        session.commit()
+
+    assert texts_of(lead.trigger("EXTERNAL_resume")) == [handover_actions.RESUME_QUESTIONS, texts.Q2]
+    assert texts_of(lead.says("über 300")) == [texts.QUALIFIED]
+
+
+def test_negative_sentiment_hands_over(lead: Lead, engine: Engine) -> None:
+    start_questions(lead)
+    assert texts_of(lead.says("Was soll der Scheiß, ihr nervt total!")) == []
+    with Session(engine) as session:
+        assert session.execute(select(Handover.reason)).scalar_one() == "negative_sentiment"
