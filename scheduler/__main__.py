@@ -1,9 +1,10 @@
 """The scheduler process: `python -m scheduler`.
 
 An APScheduler interval job (every `SCHEDULER_POLL_SECONDS`) fires due `tasks_scheduled` rows through Rasa's
-trigger_intent API; `/health` and `/metrics` are served on `SCHEDULER_PORT`. Run as many replicas as you like on
-PostgreSQL (SKIP LOCKED claims); on the SQLite embedded default run one. SIGTERM/SIGINT: stop claiming, finish the
-task in flight, give the rest of the claimed batch back, exit.
+trigger_intent API; a thread delivers the CRM outbox (`CRM_OUTBOX_POLL_SECONDS`); an interval job reads the team's
+calendar edits back (`CALENDAR_SYNC_SECONDS`); `/health` and `/metrics` are served on `SCHEDULER_PORT`.
+Run as many replicas as you like on PostgreSQL (SKIP LOCKED claims); on the SQLite embedded default run one.
+SIGTERM/SIGINT: stop claiming, finish the task in flight, give the rest of the claimed batch back, exit.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from leadbot import logs
+from leadbot.adapters.crm import outbox_worker
 from leadbot.config import settings
 from leadbot.db.session import get_engine
 from scheduler.firing import Firer
@@ -58,6 +60,15 @@ def make_health_server(port: int, engine: sa.engine.Engine, host: str = "0.0.0.0
     return ThreadingHTTPServer((host, port), Handler)
 
 
+def _calendar_sync() -> None:
+    from leadbot.services.booking import run_calendar_sync
+
+    try:
+        run_calendar_sync()
+    except Exception:  # the calendar may be briefly away; the next run retries
+        log.exception("calendar read-back failed")
+
+
 def main() -> None:
     logs.configure("scheduler")
     # APScheduler logs every run of the 1 s job at INFO; our own log lines say what the runs did.
@@ -75,7 +86,10 @@ def main() -> None:
     # One run at a time per process; a slow run is not queued up behind itself (coalesce).
     jobs.add_job(firer.run_once, "interval", seconds=cfg.scheduler_poll_seconds, id="fire_due_tasks",
                  max_instances=1, coalesce=True)
+    jobs.add_job(_calendar_sync, "interval", seconds=cfg.calendar_sync_seconds, id="calendar_sync",
+                 max_instances=1, coalesce=True)
     stop = threading.Event()
+    crm = threading.Thread(target=outbox_worker.run_forever, args=(stop,), name="crm-outbox", daemon=True)
 
     def _shutdown(signum: int, _frame: Any) -> None:
         log.info("signal %s: shutting down", signum)
@@ -84,10 +98,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _shutdown)
     signal.signal(signal.SIGINT, _shutdown)
     jobs.start()
+    crm.start()
     log.info("scheduler %s started (poll %.1fs, port %s)", worker_id, cfg.scheduler_poll_seconds, cfg.scheduler_port)
     stop.wait()
     firer.stop()
     jobs.shutdown(wait=True)
+    crm.join(timeout=30)
     server.shutdown()
     rasa.close()
     log.info("scheduler stopped")

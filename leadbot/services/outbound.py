@@ -121,6 +121,8 @@ def enqueue(
     )
     decision = policy.evaluate(request, contact_state(contact, conversation), current, policy_config())
     payload["purpose"] = purpose.value
+    if deadline is not None:  # the sender re-checks it when the message finally goes out
+        payload["deadline"] = deadline.isoformat()
     message = Message(
         conversation_id=conversation.id,
         direction="outbound",
