@@ -79,15 +79,9 @@ ensure_services() {
   fi
 }
 
-# Train the Rasa model only when config, domain or training data changed.
+# The Rasa model for the current config/domain/data (trained only when they changed); exported as RASA_MODEL.
 ensure_model() {
-  local fingerprint
-  fingerprint="$(find config.yml domain data -type f | sort | xargs cat | sha256sum | cut -c1-16)"
-  if [ -f "models/leadbot.tar.gz" ] && [ "$(cat models/.fingerprint 2>/dev/null)" = "$fingerprint" ]; then
-    return 0
-  fi
-  log "training the Rasa model (config, domain or data changed)"
-  .venv-rasa/bin/rasa train --domain domain --data data --config config.yml --out models \
-    --fixed-model-name leadbot --quiet
-  echo "$fingerprint" > models/.fingerprint
+  log "checking the Rasa model (training takes a few minutes when config, domain or data changed)"
+  RASA_MODEL="$(.venv/bin/python -m leadbot.rasa_model)" || die "training the Rasa model failed"
+  export RASA_MODEL
 }
