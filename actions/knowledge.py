@@ -76,8 +76,7 @@ class ActionAnswerQuestion(Action):
             await in_conversation(tracker.sender_id, log_gap)
             log.info("knowledge gap (%s, score %.3f): handing over", answer.reason, answer.score)
             return await hand_over(dispatcher, tracker, f"knowledge_{answer.reason}")
-        text = answer.text
+        dispatcher.utter_message(text=answer.text)
         if tracker.get_slot("qualification_stage") == "consent_pending" and not tracker.active_loop.get("name"):
-            text = f"{text}\n\n{CONSENT_REASK}"
-        dispatcher.utter_message(text=text)
+            dispatcher.utter_message(text=CONSENT_REASK)
         return [SlotSet("misunderstandings", 0)]

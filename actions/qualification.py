@@ -17,6 +17,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from rasa_sdk import Action, FormValidationAction, Tracker
@@ -25,6 +26,8 @@ from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 from sqlalchemy.orm import Session
 
+from leadbot.clock import now
+from leadbot.config import settings
 from leadbot.db.models import Conversation
 from leadbot.db.session import session_scope
 from leadbot.domain import understanding
@@ -83,6 +86,7 @@ QUALIFIED = (
     "Mega, danke dir! 🙌 Das klingt so, als könnten wir dir gut helfen. Im nächsten Schritt machen wir einen kurzen "
     "Call, in dem ich dir live zeige, wie das bei dir aussehen würde."
 )
+# What follows QUALIFIED and VOLUME_UNKNOWN: the booking feature's two slot proposals (rule -> action_offer_slots).
 VOLUME_UNKNOWN = (
     "Alles klar, kein Problem 🙂 Das klären wir am besten kurz im Call – da schauen wir gemeinsam, wie viele "
     "Anfragen ihr habt und ob es passt."
@@ -206,9 +210,17 @@ class ActionConsentDeclined(Action):
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
         later = latest_intent(tracker) == "later"
         state = qualification.CONSENT_LATER if later else qualification.CONSENT_DECLINED
-        await in_conversation(
-            tracker.sender_id, lambda session, conversation: qualification.set_state(session, conversation, state)
-        )
+
+        def work(session: Session, conversation: Conversation) -> None:
+            qualification.set_state(session, conversation, state)
+            if later:
+                # "Später" gets one follow-up (the 24 h template offers the call); a "no" gets none.
+                delay = timedelta(seconds=settings().followup_24h_delay_seconds)
+                tasks.schedule(
+                    session, conversation, "followup_24h", now() + delay, dedupe_key=f"followup_24h:c{conversation.id}"
+                )
+
+        await in_conversation(tracker.sender_id, work)
         dispatcher.utter_message(text=CONSENT_LATER if later else CONSENT_DECLINED)
         return [SlotSet("qualification_stage", "declined"), SlotSet("misunderstandings", 0)]
 
@@ -392,14 +404,19 @@ class ActionQualificationSubmit(Action):
             # Imported here: actions.handover imports this module's helpers (an import cycle at module level).
             from actions.handover import hand_over
 
-            return await hand_over(dispatcher, tracker, reason)
+            # The stage stays "questions", so the hand-back resumes the form at the open question.
+            return [*await hand_over(dispatcher, tracker, reason), SlotSet("qualification_stage", "questions")]
         ads_running = tracker.get_slot("ads_running")
         bucket = tracker.get_slot("monthly_leads")
         estimate = tracker.get_slot("monthly_leads_estimate")
         estimate_int = int(estimate) if estimate is not None else None
 
         def work(session: Session, conversation: Conversation) -> qualification.Outcome:
-            return qualification.finish(session, conversation, ads_running, bucket, estimate_int)
+            outcome = qualification.finish(session, conversation, ads_running, bucket, estimate_int)
+            if outcome.qualified != "false":
+                # The booking starts right away; if the lead does not pick a slot, the 24 h/48 h follow-ups do.
+                tasks.on_qualified(session, conversation)
+            return outcome
 
         outcome = await in_conversation(tracker.sender_id, work) or qualification.decide(ads_running, bucket)
         if outcome.reason == "no_ads":

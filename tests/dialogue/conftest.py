@@ -1,4 +1,5 @@
-"""Processes for the dialogue tests: the action server on the test database, and a Rasa server with our model."""
+"""Processes for the dialogue tests: the action server on the test database (with a Radicale team calendar, so the
+qualified path ends in real slot proposals), and a Rasa server with our model."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from leadbot.adapters.calendar.caldav_adapter import CalDavCalendar
 from tests.dialogue.rasa_model import RASA_BIN, ROOT, trained_model
+from tests.integrations.conftest import CALDAV_PASSWORD, CALDAV_USER, radicale_url  # noqa: F401 (fixture)
 
 ACTION_PYTHON = ROOT / ".venv" / "bin" / "python"
 
@@ -47,15 +50,22 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def action_server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def action_server(database_url: str, radicale_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
     """`python -m rasa_sdk` on a free port with DATABASE_URL = the test database; yields the webhook URL."""
+    calendar = CalDavCalendar.create_calendar(radicale_url, CALDAV_USER, CALDAV_PASSWORD, "leadbot-dialogue")
+    caldav_env = {
+        "CALDAV_URL": radicale_url,
+        "CALDAV_USERNAME": CALDAV_USER,
+        "CALDAV_PASSWORD": CALDAV_PASSWORD,
+        "CALDAV_CALENDAR": calendar,
+    }
     port = free_port()
     log = tmp_path_factory.mktemp("action-server") / "actions.log"
     with open(log, "w") as handle:
         process = subprocess.Popen(
             [str(ACTION_PYTHON), "-m", "rasa_sdk", "--actions", "actions", "-p", str(port)],
             cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": database_url},
+            env={**os.environ, **caldav_env, "DATABASE_URL": database_url},
             stdout=handle,
             stderr=subprocess.STDOUT,
         )

@@ -16,8 +16,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from actions import handover as handover_actions
+from actions import knowledge as knowledge_actions
 from actions import qualification as texts
-from leadbot.db.models import AuditEvent, Conversation, CrmOutbox, Handover, QualificationAnswer
+from leadbot.db.models import AuditEvent, Conversation, CrmOutbox, Handover, QualificationAnswer, TaskScheduled
 from leadbot.phone import sender_id_for
 from leadbot.services import handover as handover_service
 from leadbot.services import qualification
@@ -82,15 +83,21 @@ def test_welcome_template_then_qualified(lead: Lead, engine: Engine) -> None:
     assert welcome["custom"]["purpose"] == "marketing"
     assert texts_of(lead.says("jo klar 👍")) == [texts.CONSENT_THANKS, texts.Q1]
     assert texts_of(lead.says("ja, Meta und Google")) == [texts.Q2]
-    assert texts_of(lead.says("so um die 150 im Monat")) == [texts.QUALIFIED]
+    qualified, offer = lead.says("so um die 150 im Monat")
+    assert qualified["text"] == texts.QUALIFIED
+    assert offer["text"].startswith("Super! Hier sind 2 Terminvorschläge")  # the booking feature takes over
+    assert len(offer["buttons"]) == 3
 
     conversation, answers = conversation_of(engine, lead)
-    assert (conversation.status, conversation.current_state) == ("qualified", "qualified")
+    assert conversation.status == "qualified"
     assert (answers.ads_running, answers.monthly_leads_bucket, answers.qualified) == ("yes", "100-300", "true")
     assert answers.monthly_leads_estimate == 150
     with Session(engine) as session:
         upserts = session.execute(select(CrmOutbox).where(CrmOutbox.operation == "lead_upsert")).scalars().all()
     assert [row.payload_json["status"] for row in upserts] == ["qualified"]
+    with Session(engine) as session:
+        followups = session.execute(select(TaskScheduled.task_type).order_by(TaskScheduled.id)).scalars().all()
+    assert followups == ["followup_24h", "followup_48h"]  # if no slot is picked
 
 
 def test_no_ads_is_disqualified_friendly(lead: Lead, engine: Engine) -> None:
@@ -112,7 +119,7 @@ def test_unknown_volume_is_asked_once_more_then_pending(lead: Lead, engine: Engi
     start_questions(lead)
     lead.says("ja")
     assert texts_of(lead.says("keine Ahnung")) == [texts.Q2_UNKNOWN_ONCE_MORE]
-    assert texts_of(lead.says("weiß ich echt nicht")) == [texts.VOLUME_UNKNOWN]
+    assert texts_of(lead.says("weiß ich echt nicht"))[0] == texts.VOLUME_UNKNOWN
     conversation, answers = conversation_of(engine, lead)
     assert (conversation.status, answers.qualified, answers.reason) == ("open", "pending", "volume_unknown")
 
@@ -122,6 +129,8 @@ def test_consent_later_is_respected(lead: Lead, engine: Engine) -> None:
     assert texts_of(lead.says("gerade schlecht, lieber später")) == [texts.CONSENT_LATER]
     conversation, answers = conversation_of(engine, lead)
     assert (conversation.current_state, answers) == ("consent_later", None)
+    with Session(engine) as session:
+        assert session.execute(select(TaskScheduled.task_type)).scalar_one() == "followup_24h"
 
 
 def test_misunderstanding_gets_a_hint_and_the_third_hands_over(lead: Lead, engine: Engine) -> None:
@@ -151,7 +160,7 @@ def test_handover_keyword_then_hand_back_resumes_at_q2(lead: Lead, engine: Engin
         session.commit()
 
     assert texts_of(lead.trigger("EXTERNAL_resume")) == [handover_actions.RESUME_QUESTIONS, texts.Q2]
-    assert texts_of(lead.says("über 300")) == [texts.QUALIFIED]
+    assert texts_of(lead.says("über 300"))[0] == texts.QUALIFIED
 
 
 def test_negative_sentiment_hands_over(lead: Lead, engine: Engine) -> None:
@@ -159,3 +168,41 @@ def test_negative_sentiment_hands_over(lead: Lead, engine: Engine) -> None:
     assert texts_of(lead.says("Was soll der Scheiß, ihr nervt total!")) == []
     with Session(engine) as session:
         assert session.execute(select(Handover.reason)).scalar_one() == "negative_sentiment"
+
+
+def test_mid_flow_question_is_answered_then_the_open_question_is_asked_again(lead: Lead) -> None:
+    start_questions(lead)
+    answer, question = texts_of(lead.says("Was kostet das eigentlich?"))
+    assert "Quelle:" in answer
+    assert question == texts.BACK_TO_QUESTION + texts.Q1
+    assert texts_of(lead.says("ja, auf Instagram")) == [texts.Q2]
+
+
+def test_question_at_the_consent_step_re_asks_passt_das(lead: Lead) -> None:
+    lead.says("Hallo")
+    answer, question = texts_of(lead.says("Was kostet das eigentlich?"))
+    assert "Quelle:" in answer
+    assert question == knowledge_actions.CONSENT_REASK
+
+
+def test_individual_contract_terms_hand_over(lead: Lead, engine: Engine) -> None:
+    start_questions(lead)
+    assert texts_of(lead.says("Können wir individuelle Konditionen im Vertrag vereinbaren?")) == []
+    with Session(engine) as session:
+        assert session.execute(select(Handover.reason)).scalar_one() == "contract_uncertainty"
+
+
+def test_opt_out_mid_flow_revokes_consent(lead: Lead, engine: Engine) -> None:
+    start_questions(lead)
+    assert texts_of(lead.says("STOP")) == []  # the consent service queues the confirmation itself
+    conversation, _ = conversation_of(engine, lead)
+    with Session(engine) as session:
+        contact = session.get(Conversation, conversation.id).contact
+        assert contact.consent_status == "revoked"
+
+
+def test_new_session_restores_the_open_question_from_the_database(lead: Lead, engine: Engine) -> None:
+    start_questions(lead)
+    assert texts_of(lead.says("ja, Google")) == [texts.Q2]
+    lead.says("/session_start")  # what an expired session does before the next message
+    assert texts_of(lead.says("so 200 im Monat"))[0] == texts.QUALIFIED
