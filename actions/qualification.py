@@ -198,7 +198,16 @@ class ActionConsentGiven(Action):
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
         dispatcher.utter_message(text=CONSENT_THANKS)
-        return [SlotSet("qualification_stage", "questions"), SlotSet("misunderstandings", 0)]
+        events: list[EventType] = [SlotSet("qualification_stage", "questions"), SlotSet("misunderstandings", 0)]
+        ads = understanding.parse_ads_running(latest_text(tracker)) if latest_intent(tracker) == "inform_ads" else None
+        if ads is not None:
+            # "Ja, wir schalten Meta Ads" to "Passt das?" already answers Q1: the form starts at Q2 (or ends at no).
+            await in_conversation(
+                tracker.sender_id,
+                lambda session, conversation: qualification.record_ads_running(session, conversation, ads),
+            )
+            events.append(SlotSet("ads_running", ads))
+        return events
 
 
 class ActionConsentDeclined(Action):

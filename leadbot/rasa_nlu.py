@@ -11,11 +11,12 @@ do not rate as negative enough is replaced by the next-best intent. The env var 
 it needs a restart but no retraining. Default 0.65: a single mildly negative word ("gerade schlecht", "Ads haben
 schlecht funktioniert") scores about -0.58 and is no reason for a handover; insults and anger score -0.66 and lower.
 
-Yes/no: when DIET says affirm, deny or fallback, `parse_yes_no` (unit-tested on 150+ phrasings) decides between
-affirm and deny, so "👍", "jaaa" or "nö, danke" answer the consent question reliably.
+Yes/no: when DIET says affirm, deny, inform_volume or fallback, `parse_yes_no` (unit-tested on 150+ phrasings)
+decides between affirm and deny, so "👍", "jaaa" or "nö, danke" answer the consent question reliably.
 
 Gibberish: DIET's character n-grams make it confident even for "blubb" or "qwertz". A message none of whose words
-occur in the training data (digits and emoji aside) is therefore `nlu_fallback`, which feeds the "more than two
+occur in the training data (digits and emoji aside, and unless the yes/no, ads or lead-volume parsers understand
+it) is therefore `nlu_fallback`, which feeds the "more than two
 misunderstandings in a row" handover. The component learns that vocabulary at training time.
 """
 
@@ -44,7 +45,8 @@ OPT_OUT_INTENT = "opt_out"
 HUMAN_INTENT = "request_human"
 COMPLAIN_INTENT = "complain"
 DEFAULT_SENTIMENT_THRESHOLD = 0.65
-_YES_NO_INTENTS = frozenset({"affirm", "deny", DEFAULT_NLU_FALLBACK_INTENT_NAME})
+# DIET confuses short yes/no idioms with these ("kein Problem" looks like a volume); questions are never overridden.
+_YES_NO_INTENTS = frozenset({"affirm", "deny", "inform_volume", DEFAULT_NLU_FALLBACK_INTENT_NAME})
 _WORD = re.compile(r"[a-z]+")
 _VOCABULARY_FILE = "vocabulary.json"
 
@@ -66,6 +68,11 @@ def signal_intent(text: str, threshold: float) -> str | None:
     if understanding.is_negative(text, threshold):
         return COMPLAIN_INTENT
     return None
+
+
+def _answers_a_question(text: str) -> bool:
+    """Unseen words that the Q1/Q2 parsers understand ("hundertfünfzig", "Pinterest Ads") are no gibberish."""
+    return understanding.parse_lead_volume(text) is not None or understanding.parse_ads_running(text) is not None
 
 
 def words(text: str) -> set[str]:
@@ -154,17 +161,20 @@ class HandoverSignals(GraphComponent, IntentClassifier):
         predicted = (message.get(INTENT) or {}).get(INTENT_NAME_KEY)
         forced = signal_intent(text, threshold)
         ranking = list(message.get(INTENT_RANKING_KEY) or [])
+        if forced == COMPLAIN_INTENT and predicted == OPT_OUT_INTENT:
+            forced = None  # "hört auf mir zu schreiben!" is angry, but the wish to stop comes first
         if forced is not None:
             self._set_intent(message, forced, ranking)
             return
         yes_no = understanding.parse_yes_no(text)
-        if predicted in _YES_NO_INTENTS and yes_no is not None:
+        volume_answer = predicted == "inform_volume" and understanding.parse_lead_volume(text) is not None
+        if predicted in _YES_NO_INTENTS and yes_no is not None and not volume_answer:
             # A plain yes/no decides the consent step; the tested parser beats DIET on "👍", "jaaaa" or "nö, danke".
             self._set_intent(message, "affirm" if yes_no == "yes" else "deny", ranking)
             return
         message_words = words(text)
         unknown_words = bool(message_words) and not message_words & self._vocabulary
-        if self._vocabulary and unknown_words and yes_no is None:
+        if self._vocabulary and unknown_words and yes_no is None and not _answers_a_question(text):
             message.set(
                 INTENT, {INTENT_NAME_KEY: DEFAULT_NLU_FALLBACK_INTENT_NAME, PREDICTED_CONFIDENCE_KEY: 1.0},
                 add_to_output=True,

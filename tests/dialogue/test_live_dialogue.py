@@ -206,3 +206,16 @@ def test_new_session_restores_the_open_question_from_the_database(lead: Lead, en
     assert texts_of(lead.says("ja, Google")) == [texts.Q2]
     lead.says("/session_start")  # what an expired session does before the next message
     assert texts_of(lead.says("so 200 im Monat"))[0] == texts.QUALIFIED
+
+
+def test_ads_answer_to_passt_das_skips_q1(lead: Lead, engine: Engine) -> None:
+    lead.says("Hallo")
+    assert texts_of(lead.says("Ja klar, wir schalten Google Ads")) == [texts.CONSENT_THANKS, texts.Q2]
+
+
+def test_no_ads_answer_to_passt_das_disqualifies_right_away(lead: Lead, engine: Engine) -> None:
+    lead.says("Hallo")
+    replies = texts_of(lead.says("Wir schalten gar keine Werbung"))
+    assert replies == [texts.CONSENT_THANKS, texts.DISQUALIFIED_NO_ADS, texts.DISQUALIFIED_NO_ADS_END]
+    conversation, answers = conversation_of(engine, lead)
+    assert (conversation.status, answers.reason) == ("disqualified", "no_ads")
