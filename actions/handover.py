@@ -15,6 +15,7 @@ our own). From then on the WhatsApp channel runs no Rasa turns for the lead; the
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from rasa_sdk import Action, Tracker
 from rasa_sdk.events import ActiveLoop, EventType, SlotSet
@@ -101,10 +102,12 @@ class ActionMisunderstood(Action):
 
 
 class ActionResume(Action):
-    """`EXTERNAL_resume` after the team handed back: continue at the open question, without asking it twice.
+    """After the team handed back: continue at the open question, without asking it twice.
 
-    The stage comes from our database (the team may have moved the lead on while they talked). With stage
-    `questions` the rule re-activates `qualification_form`, which asks the first unanswered question itself.
+    Runs on `EXTERNAL_resume` (the ops API's hand-back) and, when that trigger did not reach Rasa, on the lead's next
+    answer while the questions are paused. The stage comes from our database (the team may have moved the lead on
+    while they talked). With stage `questions` the rule re-activates `qualification_form`, which asks the first
+    unanswered question itself; a lead message that already answers it is taken as the answer.
     """
 
     def name(self) -> str:
@@ -113,17 +116,47 @@ class ActionResume(Action):
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
         restored = await in_conversation(tracker.sender_id, qualification.restore)
         stage = tracker.get_slot("qualification_stage")
+        slots = {"ads_running": tracker.get_slot("ads_running"), "monthly_leads": tracker.get_slot("monthly_leads")}
         events: list[EventType] = [SlotSet("misunderstandings", 0), SlotSet("handover_reason", None)]
         if restored is not None:
             stage = restored.stage or stage
+            slots.update(restored.slots)
             events += [SlotSet(name, value) for name, value in restored.slots.items()]
             events.append(SlotSet("qualification_stage", stage))
         if stage == "questions":
-            dispatcher.utter_message(text=RESUME_QUESTIONS)
+            answered = [] if latest_intent(tracker) == "EXTERNAL_resume" else _answer_from(tracker, slots)
+            if answered:
+                await in_conversation(
+                    tracker.sender_id, lambda session, conversation: _record(session, conversation, answered)
+                )
+                events += answered
+            else:
+                dispatcher.utter_message(text=RESUME_QUESTIONS)
         elif stage == "consent_pending":
             dispatcher.utter_message(text=RESUME_CONSENT)
         # Otherwise nothing is open: the human had the last word, the bot stays quiet until the lead writes.
         return events
+
+
+def _answer_from(tracker: Tracker, slots: dict[str, Any]) -> list[EventType]:
+    """The lead's message as the answer to the first open question, if its parser understands it."""
+    text = latest_text(tracker)
+    if slots.get("ads_running") is None:
+        ads = understanding.parse_ads_running(text)
+        return [SlotSet("ads_running", ads)] if ads else []
+    if slots.get("ads_running") == "yes" and slots.get("monthly_leads") is None:
+        volume = understanding.parse_lead_volume(text)
+        if volume is not None and volume.bucket != "unknown":
+            return [SlotSet("monthly_leads", volume.bucket), SlotSet("monthly_leads_estimate", volume.monthly_estimate)]
+    return []
+
+
+def _record(session: Session, conversation: Conversation, answered: list[EventType]) -> None:
+    values = {event["name"]: event["value"] for event in answered}
+    if "ads_running" in values:
+        qualification.record_ads_running(session, conversation, values["ads_running"])
+    if "monthly_leads" in values:
+        qualification.record_volume(session, conversation, values["monthly_leads"], values["monthly_leads_estimate"])
 
 
 class ActionOptOut(Action):

@@ -219,3 +219,17 @@ def test_no_ads_answer_to_passt_das_disqualifies_right_away(lead: Lead, engine: 
     assert replies == [texts.CONSENT_THANKS, texts.DISQUALIFIED_NO_ADS, texts.DISQUALIFIED_NO_ADS_END]
     conversation, answers = conversation_of(engine, lead)
     assert (conversation.status, answers.reason) == ("disqualified", "no_ads")
+
+
+def test_hand_back_without_resume_trigger_continues_at_the_lead_s_next_answer(lead: Lead, engine: Engine) -> None:
+    start_questions(lead)
+    lead.says("jap, Meta")
+    lead.says("Ich will mit einem Menschen sprechen")
+    conversation, _ = conversation_of(engine, lead)
+    with Session(engine) as session:
+        handover_service.hand_back(session, session.get(Conversation, conversation.id))
+        session.commit()
+    # No EXTERNAL_resume reached Rasa; the lead simply answers the open question.
+    assert texts_of(lead.says("so 250 im Monat"))[0] == texts.QUALIFIED
+    _, answers = conversation_of(engine, lead)
+    assert (answers.monthly_leads_bucket, answers.monthly_leads_estimate, answers.qualified) == ("100-300", 250, "true")
