@@ -2,7 +2,8 @@
 
 Only the sender worker (`leadbot.sender`) uses them. A transport never raises for a provider failure: it returns a
 `SendResult` with the provider's message SID or a classified `SendError` (see `twilio_errors`), and the sender
-decides about retries, dead letters and consent.
+decides about retries, dead letters and consent. After an ambiguous failure (Twilio may have accepted the message
+without us hearing back) the sender asks `find_accepted` before it sends again.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import secrets
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from leadbot.adapters.twilio_errors import SendError, classify_exception, classify_http
+from leadbot.adapters.twilio_errors import ErrorClass, SendError, classify_exception, classify_http
 from leadbot.config import Settings, settings
 from leadbot.phone import mask
 
@@ -29,6 +31,11 @@ DEFAULT_CONTENT_BASE_URL = "https://content.twilio.com"
 # WhatsApp shows at most three quick-reply buttons in a session message, with titles of at most 20 characters.
 MAX_QUICK_REPLIES = 3
 MAX_BUTTON_TITLE = 20
+# Looking up an ambiguous send: Twilio's `date_created` (whole seconds, Twilio's clock) may read a little earlier
+# than our record of the attempt; read at most this many of the recipient's newest messages.
+LOOKUP_CLOCK_TOLERANCE = timedelta(seconds=60)
+LOOKUP_PAGE_SIZE = 50
+LOOKUP_MAX_RECORDS = 200
 
 
 @dataclass(frozen=True)
@@ -52,10 +59,28 @@ class SendResult:
         return self.sid is not None
 
 
+@dataclass(frozen=True)
+class AcceptedMessage:
+    """A message Twilio holds that looks like ours: same recipient, sender and body, created since the attempt."""
+
+    sid: str
+    status: str  # Twilio's word: queued, sent, delivered, read, failed, undelivered, ...
+    error_code: str | None = None
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    matches: tuple[AcceptedMessage, ...] = ()  # oldest first
+    error: SendError | None = None  # the lookup itself failed: the outcome is still unknown
+
+
 class Transport(Protocol):
     name: str
 
     def send(self, message: OutboundMessage) -> SendResult: ...
+
+    def find_accepted(self, message: OutboundMessage, since: datetime) -> LookupResult:
+        """Messages the provider accepted that match `message` and were created at or after `since`."""
 
     def committed(self, message: OutboundMessage, result: SendResult) -> None:
         """Called once the sender has stored the accepted SID (the sandbox starts its status callbacks here)."""
@@ -135,15 +160,75 @@ class TwilioTransport:
 
         try:
             params = self._message_params(message)
+        except TwilioRestException as exc:
+            return SendResult(error=classify_http(exc.status, _int_or_none(exc.code), str(exc.msg)[:300]))
+        except Exception as exc:  # noqa: BLE001 - every transport failure is classified, none escapes
+            # Only the quick-reply content was being created: no message can have been accepted.
+            return SendResult(error=classify_exception(exc, request_may_have_arrived=False))
+        try:
             created = self._client().messages.create(**params)
             return SendResult(sid=created.sid)
         except TwilioRestException as exc:
             return SendResult(error=classify_http(exc.status, _int_or_none(exc.code), str(exc.msg)[:300]))
-        except Exception as exc:  # noqa: BLE001 - every transport failure is classified, none escapes
+        except Exception as exc:  # noqa: BLE001
             return SendResult(error=classify_exception(exc))
+
+    def find_accepted(self, message: OutboundMessage, since: datetime) -> LookupResult:
+        """List the recipient's newest messages (`GET Messages.json?To=..&From=..`) and keep the ones like ours.
+
+        No `DateSent` filter: it filters on `date_sent`, which stays empty while Twilio still queues a message,
+        i.e. it would hide exactly the message an ambiguous send may have left behind. The list comes newest
+        first, so reading stops at the first message sent before `since`.
+        """
+        from twilio.base.exceptions import TwilioException, TwilioRestException
+
+        bound = since - LOOKUP_CLOCK_TOLERANCE
+        body = self._expected_body(message)
+        service = self.cfg.twilio_messaging_service_sid
+        filters: dict[str, Any] = {"to": whatsapp_address(message.to)}
+        if not service:
+            # With a Messaging Service, `from` is only filled in once Twilio picked a sender: match the service.
+            filters["from_"] = whatsapp_address(self.cfg.twilio_whatsapp_from)
+        matches: list[AcceptedMessage] = []
+        try:
+            for seen, record in enumerate(self._client().messages.stream(page_size=LOOKUP_PAGE_SIZE, **filters)):
+                if record.date_sent is not None and record.date_sent < bound:
+                    break
+                if seen >= LOOKUP_MAX_RECORDS:
+                    # Not seen the end of the recent ones: "not found" could be wrong, and wrong means a double.
+                    return LookupResult(error=_lookup_error("inconclusive", f"more than {seen} recent messages"))
+                if (
+                    record.direction == "outbound-api"
+                    and (record.body or "") == body
+                    and (not service or record.messaging_service_sid == service)
+                    and record.date_created is not None
+                    and record.date_created >= bound
+                ):
+                    code = str(record.error_code) if record.error_code else None
+                    matches.append(AcceptedMessage(sid=str(record.sid), status=str(record.status), error_code=code))
+        except TwilioRestException as exc:
+            return LookupResult(error=_lookup_error(f"http_{exc.status}", str(exc.msg)[:300]))
+        except TwilioException as exc:
+            # A list page that is not a 200 comes as TwilioException("Unable to fetch page", response).
+            status = getattr(exc.args[1] if len(exc.args) > 1 else None, "status_code", None)
+            return LookupResult(error=_lookup_error(f"http_{status}" if status else "exception", str(exc)[:300]))
+        except Exception as exc:  # noqa: BLE001 - like send: classified, never raised
+            return LookupResult(error=_lookup_error(classify_exception(exc).code, str(exc)[:300]))
+        return LookupResult(matches=tuple(reversed(matches)))
 
     def committed(self, message: OutboundMessage, result: SendResult) -> None:
         return None
+
+    @staticmethod
+    def _uses_quick_reply(message: OutboundMessage) -> bool:
+        return bool(message.buttons) and len(message.buttons) <= MAX_QUICK_REPLIES and not message.media_url
+
+    def _expected_body(self, message: OutboundMessage) -> str:
+        """The `body` Twilio shows for the message we send: a content (template or quick reply) shows its
+        rendered text, which is what the row stores; free text shows what we posted."""
+        if message.content_sid or self._uses_quick_reply(message) or not message.buttons:
+            return message.body
+        return numbered_options(message.body, message.buttons)
 
     def _message_params(self, message: OutboundMessage) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -158,7 +243,7 @@ class TwilioTransport:
             params["content_sid"] = message.content_sid
             if message.content_variables:
                 params["content_variables"] = json.dumps(message.content_variables, ensure_ascii=False)
-        elif message.buttons and len(message.buttons) <= MAX_QUICK_REPLIES and not message.media_url:
+        elif self._uses_quick_reply(message):
             params["content_sid"] = self._quick_reply_sid(message.body, message.buttons)
         else:
             body = numbered_options(message.body, message.buttons) if message.buttons else message.body
@@ -198,6 +283,12 @@ class TwilioTransport:
         with self._content_lock:
             self._content_cache[key] = payload["sid"]
         return payload["sid"]
+
+
+def _lookup_error(code: str, message: str) -> SendError:
+    # Whatever made the lookup fail (even a 4xx), the message's fate is still unknown: try again later, bounded
+    # by the retry budget, and never send blind meanwhile.
+    return SendError(ErrorClass.RETRYABLE, f"lookup:{code}", message)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -240,6 +331,10 @@ class SandboxTransport:
         self.outbox.append(record)
         log.info("sandbox outbox accepted message %s to %s", message.message_id, mask(message.to))
         return SendResult(sid=record.sid)
+
+    def find_accepted(self, message: OutboundMessage, since: datetime) -> LookupResult:
+        # The outbox accepts synchronously and never fails: no send of the sandbox is ever ambiguous.
+        return LookupResult()
 
     def committed(self, message: OutboundMessage, result: SendResult) -> None:
         record = next((r for r in reversed(self.outbox) if r.sid == result.sid), None)

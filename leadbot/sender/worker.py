@@ -10,9 +10,15 @@ outcome of the send is committed, so several sender replicas never hand one mess
 replica never sees the next message as head before the previous one's outcome is committed. SQLite (the embedded
 single-process default) has no row locks: claims are serialised in-process and conversations in flight are skipped.
 
-Delivery is at-least-once towards Twilio: a crash after Twilio accepted a message but before the commit, or a
-timeout on a request that Twilio did process, leads to a second send (Twilio has no idempotency key for
-Messages). Timeouts are retried because a lost message is worse for a lead than a rare duplicate.
+Ambiguous sends (Twilio's Messages API has no idempotency key): a read timeout or a reset connection after the
+request was written may hide a message Twilio accepted. The sender then stores `payload_json["ambiguous_since"]`
+(the start of the first such attempt), waits at least one more client timeout, and before any further send (and
+before the policy gate) asks the transport for a message to the same recipient from the same sender with the same
+text created since then whose SID no row of ours holds yet. Found: that SID is adopted with Twilio's status and
+nothing is sent again. Not found: it is sent again. The lookup failed: it backs off and asks again, never sending
+blind; lookups count against the retry budget, and a message whose budget ran out on an ambiguous attempt is
+looked up once more before it is dead-lettered. Still at-least-once: a crash between Twilio's acceptance and our
+commit (nothing marked that attempt), and a request Twilio holds longer than timeout + wait before accepting it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from leadbot.adapters.twilio_errors import ErrorClass, SendError, backoff_seconds
-from leadbot.adapters.twilio_transport import OutboundMessage, SendResult, Transport
+from leadbot.adapters.twilio_transport import AcceptedMessage, OutboundMessage, SendResult, Transport
 from leadbot.clock import now as clock_now
 from leadbot.config import Settings, settings
 from leadbot.db.models import Contact, Conversation, DeadLetter, Message
@@ -47,6 +53,7 @@ from leadbot.metrics import (
 )
 from leadbot.phone import mask
 from leadbot.services import audit
+from leadbot.services.inbound import CHANNEL, TWILIO_STATUS_MAP, status_transition
 from leadbot.services.outbound import contact_state, policy_config
 
 log = logging.getLogger(__name__)
@@ -269,6 +276,13 @@ class Sender:
         now = clock_now()
         conversation = session.get(Conversation, message.conversation_id)
         contact = conversation.contact
+        ambiguous_since = _aware((message.payload_json or {}).get("ambiguous_since"))
+        if ambiguous_since is not None:
+            # Before the policy gate: a message Twilio already accepted has reached the lead, whatever the gate
+            # would say now.
+            settled, after_commit = self._reconcile(session, message, conversation, contact, ambiguous_since)
+            if settled:
+                return after_commit
         try:
             request = send_request(message)
         except ValueError as exc:  # an unknown purpose in the payload: nothing sensible to send
@@ -302,6 +316,7 @@ class Sender:
         except TemplateError as exc:
             self._fail(session, message, contact, code="template_error", reason=str(exc), dead_letter=True)
             return None
+        attempt_started = clock_now()
         result = self.transport.send(outbound)
         message.attempts = (message.attempts or 0) + 1
         if result.ok:
@@ -312,11 +327,72 @@ class Sender:
             conversation.last_outbound_at = message.sent_at
             SEND_ATTEMPTS.labels("accepted").inc()
             return lambda: self.transport.committed(outbound, result)
-        self._on_error(session, message, contact, result)
+        error = result.error or SendError(ErrorClass.RETRYABLE, "unknown", "transport returned neither sid nor error")
+        if error.ambiguous and ambiguous_since is None:
+            # Reassigned, not mutated: the JSON column does not track changes inside the dict.
+            message.payload_json = {**(message.payload_json or {}), "ambiguous_since": attempt_started.isoformat()}
+        self._on_error(session, message, contact, error)
         return None
 
-    def _on_error(self, session: Session, message: Message, contact: Contact, result: SendResult) -> None:
-        error = result.error or SendError(ErrorClass.RETRYABLE, "unknown", "transport returned neither sid nor error")
+    def _reconcile(
+        self, session: Session, message: Message, conversation: Conversation, contact: Contact, since: datetime
+    ) -> tuple[bool, Any]:
+        """Look a message with an ambiguous attempt up at Twilio before it may be sent again.
+
+        Returns (True, after-commit callable or None) when that settled it for this pass (adopted, backed off or
+        dead-lettered), (False, None) when Twilio holds no such message and it may be sent again.
+        """
+        try:
+            outbound = outbound_message(message, contact)
+        except TemplateError:
+            return False, None  # the template is gone: the send path fails it as before
+        lookup = self.transport.find_accepted(outbound, since)
+        if lookup.error is not None:
+            message.attempts = (message.attempts or 0) + 1
+            self._on_error(session, message, contact, lookup.error)
+            return True, None
+        earlier = _unrecorded(session, lookup.matches)
+        if earlier is not None:
+            return True, self._adopt(message, conversation, contact, outbound, earlier)
+        if (message.attempts or 0) >= self.cfg.send_max_attempts:
+            code = message.error_code or "timeout"
+            reason = (
+                f"gave up after {message.attempts} attempts; last error {code}; "
+                "Twilio holds no matching message, so none of them was accepted"
+            )
+            self._fail(session, message, contact, code=code, reason=reason, dead_letter=True)
+            return True, None
+        SEND_ATTEMPTS.labels("not_accepted").inc()
+        return False, None
+
+    def _adopt(
+        self, message: Message, conversation: Conversation, contact: Contact, outbound: OutboundMessage,
+        accepted: AcceptedMessage,
+    ) -> Any:
+        """An ambiguous attempt was accepted after all: record Twilio's SID and status instead of sending again."""
+        message.provider_message_id = accepted.sid
+        # When we learned it; Twilio's own date_created is on Twilio's clock.
+        message.sent_at = clock_now()
+        message.next_attempt_at = None
+        message.error_code = None
+        conversation.last_outbound_at = message.sent_at
+        # Its status callbacks may have come and gone while no row held the SID: take the status from the lookup.
+        status = TWILIO_STATUS_MAP.get(accepted.status.lower())
+        if status is not None and status_transition(message.delivery_status, status):
+            message.delivery_status = status
+            if status == "failed" and accepted.error_code:
+                message.error_code = accepted.error_code[:64]
+        SEND_ATTEMPTS.labels("reconciled").inc()
+        log.info(
+            "message %s to %s: an ambiguous attempt was accepted as %s (%s); not sent again",
+            message.id,
+            mask(contact.whatsapp_e164),
+            accepted.sid,
+            accepted.status,
+        )
+        return lambda: self.transport.committed(outbound, SendResult(sid=accepted.sid))
+
+    def _on_error(self, session: Session, message: Message, contact: Contact, error: SendError) -> None:
         SEND_FAILURES.labels(error.code).inc()
         log.warning(
             "send of message %s to %s failed (attempt %s): %s %s",
@@ -327,13 +403,21 @@ class Sender:
             mask(error.message),
         )
         if error.kind is ErrorClass.RETRYABLE:
-            if message.attempts >= self.cfg.send_max_attempts:
+            # Out of budget after an ambiguous send: not dead-lettered yet, the next pass looks it up first.
+            if message.attempts >= self.cfg.send_max_attempts and not error.ambiguous:
                 reason = f"gave up after {message.attempts} attempts; last error {error.code}: {error.message}"
+                if (message.payload_json or {}).get("ambiguous_since"):
+                    # Replaying it is safe: the replayed message is looked up again before it is sent.
+                    reason += "; an earlier attempt timed out and may have been accepted by Twilio"
                 self._fail(session, message, contact, code=error.code, reason=reason, dead_letter=True)
                 return
             delay = backoff_seconds(
                 message.attempts, self.cfg.send_backoff_base_seconds, self.cfg.send_backoff_max_seconds, self._rng
             )
+            if error.ambiguous:
+                # A request we gave up on may still be in Twilio's hands: give it one more client timeout to
+                # show up in the list before we look, or the lookup would miss it and we would send twice.
+                delay = max(delay, self.cfg.twilio_timeout_seconds)
             message.next_attempt_at = clock_now() + timedelta(seconds=delay)
             message.error_code = error.code  # the last error stays visible while the message waits
             SEND_ATTEMPTS.labels("retry").inc()
@@ -383,6 +467,21 @@ class Sender:
             log.error("message %s to %s dead-lettered: %s", message.id, mask(contact.whatsapp_e164), mask(reason))
         else:
             SEND_ATTEMPTS.labels("failed").inc()
+
+
+def _unrecorded(session: Session, matches: tuple[AcceptedMessage, ...]) -> AcceptedMessage | None:
+    """The oldest match whose SID no row holds yet. A recorded SID is an earlier message of ours with the same
+    text (the same question asked twice, a nudge sent yesterday), not a lost attempt of this one."""
+    if not matches:
+        return None
+    recorded = set(
+        session.execute(
+            select(Message.provider_message_id).where(
+                Message.channel == CHANNEL, Message.provider_message_id.in_([m.sid for m in matches])
+            )
+        ).scalars()
+    )
+    return next((m for m in matches if m.sid not in recorded), None)
 
 
 def refresh_queue_gauges(engine: Engine | None = None) -> tuple[int, float]:

@@ -51,8 +51,8 @@ FAILURE_RATE = 0.3
 HTTP_CLIENTS = 16
 SENDER_THREADS = 12
 # The sender's Twilio timeout, and how long a "timeout" fault hangs. The timeout is far above what an accepted
-# request takes even on a loaded 2-core box (the fake, the sender and the load generator share this process):
-# a 201 that arrives after the client gave up is a real duplicate towards Twilio (at-least-once, see the worker).
+# request takes even on a loaded 2-core box (the fake, the sender and the load generator share this process); a
+# 201 that arrives after the client gave up would be found by the sender's lookup and not sent again (see the worker).
 TWILIO_TIMEOUT_SECONDS = 2.0
 HANG_SECONDS = 2.5
 # Leads start over this many seconds per 100 contacts: faster than the bot can answer, so turns queue up.

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -125,3 +126,13 @@ def test_messaging_service_request_conforms(prism_settings, env) -> None:
     cfg = env.apply(TWILIO_MESSAGING_SERVICE_SID="MG" + "c" * 32)
     result = TwilioTransport(cfg).send(OutboundMessage(5, "+4915112345678", body="Hallo"))
     assert result.error is None, result.error
+
+
+@pytest.mark.parametrize("service", ["", "MG" + "c" * 32], ids=["from", "messaging-service"])
+def test_lookup_of_an_ambiguous_send_conforms(prism_settings, env, service: str) -> None:
+    """The Messages list request that reconciles a timed-out send (Prism answers the spec's example page)."""
+    cfg = env.apply(TWILIO_MESSAGING_SERVICE_SID=service)
+    message = OutboundMessage(6, "+4915112345678", body="Hallo")
+    lookup = TwilioTransport(cfg).find_accepted(message, datetime.now(timezone.utc))
+    assert lookup.error is None, lookup.error
+    assert lookup.matches == ()  # the example messages go to other numbers

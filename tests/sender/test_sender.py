@@ -231,12 +231,19 @@ def test_timeout_is_honoured_and_retried(session, frozen_clock, twilio_settings,
     [message_id] = enqueue_texts(session, make_conversation(session), "Hallo")
     twilio_fake.script(Fault.timeout(hang_seconds=5))
 
-    Sender(TwilioTransport(cfg), engine=engine, cfg=cfg, threads=1).drain()
+    sender = Sender(TwilioTransport(cfg), engine=engine, cfg=cfg, threads=1)
+    sender.drain()
+    # The outcome is unknown: it waits at least one more client timeout before it looks Twilio up.
+    assert reload(session, message_id).next_attempt_at >= frozen_clock.now() + timedelta(seconds=0.2)
+    frozen_clock.advance(timedelta(seconds=1))
+    sender.drain()
 
     message = reload(session, message_id)
     assert message.attempts == 2 and message.provider_message_id == twilio_fake.accepted[0].sid
-    # The fake saw the hanging request; the client gave up on it instead of waiting the 5 s out.
+    # The fake saw the hanging request; the client gave up on it instead of waiting the 5 s out, found nothing
+    # accepted in the list, and sent again.
     assert [a.status for a in twilio_fake.attempts] == [504, 201]
+    assert len(twilio_fake.lists) == 1
 
 
 def test_backoff_waits_for_next_attempt_at(session, frozen_clock, twilio_settings, twilio_fake, engine, env):
