@@ -112,6 +112,12 @@ def test_happy_path_qualifies_books_and_reminds(driver: Driver) -> None:
     assert not driver.rows("SELECT id FROM audit_events WHERE contact_id = :id AND event_type = 'policy_blocked_send'",
                            id=lead.contact_id)
 
+    # A day after the lead's last message the service window is closed: free text is blocked, and says why.
+    blocked = driver.api("POST", "/messages/send", json={
+        "contact_id": lead.contact_id, "type": "session_text", "text": "Bis gleich!",
+    })
+    assert blocked.status_code == 409 and blocked.json()["reason"] == "outside_service_window", blocked.text
+
 
 # --- 2. Disqualification --------------------------------------------------------------------------------------------
 
@@ -143,6 +149,20 @@ def test_under_100_leads_disqualifies_with_an_invitation_to_come_back(driver: Dr
     answers = driver.one("SELECT * FROM qualification_answers WHERE conversation_id = :id", id=lead.conversation_id)
     assert (answers["ads_running"], answers["monthly_leads_bucket"], answers["qualified"]) == ("yes", "<100", "false")
     assert driver.conversation(lead)["status"] == "disqualified"
+
+
+def test_a_free_question_is_answered_from_the_sources_and_the_question_asked_again(driver: Driver) -> None:
+    driver.daytime()
+    lead = driver.welcomed_lead("Lukas")
+    after = driver.answer(lead, "Ja klar")
+    driver.wait_for_bot(lead, Q1, after=after)
+    after = driver.answer(lead, "Ist das DSGVO konform?")
+    answer = driver.wait_for_bot(lead, "(Quelle:", after=after)
+    again = driver.wait_for_bot(lead, Q1, after=after)
+    assert answer["id"] < again["id"]
+    assert driver.conversation(lead)["owner"] == "bot"
+    after = driver.answer(lead, "Ja, Meta")
+    driver.wait_for_bot(lead, Q2, after=after)
 
 
 # --- 3. Handover ------------------------------------------------------------------------------------------------------
@@ -221,16 +241,22 @@ def test_a_reply_at_23_30_waits_until_07_00(driver: Driver) -> None:
     driver.daytime()
     lead = driver.welcomed_lead("Nina")
     after = driver.answer(lead, "Ja klar")
-    driver.wait_for_bot(lead, Q1, after=after)
+    q1 = driver.wait_for_bot(lead, Q1, after=after)
+    # No answer for 30 minutes: the nudge goes out in the afternoon, as it would have in real time.
+    driver.advance(31 * 60)
+    nudge = driver.wait_for_bot(lead, template="lead_nudge_v1", after=q1["id"])
+    driver.wait_for_status(nudge["id"], "delivered")
 
     local = driver.now().astimezone(BERLIN)
-    late = datetime.combine(local.date(), clock_time(23, 30), tzinfo=BERLIN)
-    driver.advance_to(late)
+    driver.advance_to(datetime.combine(local.date(), clock_time(23, 30), tzinfo=BERLIN))
     after = driver.answer(lead, "Ja, Meta und Google")
     reply = driver.wait_for_bot(lead, Q2, after=after)
     morning = datetime.combine(local.date() + timedelta(days=1), clock_time(7, 0), tzinfo=BERLIN)
     assert reply["send_at"] == morning
     assert reply["delivery_status"] == "queued"
+    # The nudge for Q2 counts from when Q2 reaches the lead, not from the night-time turn.
+    pending_nudges = [t for t in driver.tasks(lead) if t["task_type"] == "nudge_30m" and t["status"] == "pending"]
+    assert [t["run_at"] for t in pending_nudges] == [morning + timedelta(minutes=30)], pending_nudges
 
     # The sender polls several times a second: during the night the reply stays queued ...
     observed_until = time.monotonic() + 3
