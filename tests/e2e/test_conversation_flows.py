@@ -204,6 +204,31 @@ def test_handover_silences_the_bot_and_hand_back_resumes_the_open_question(drive
     assert driver.conversation(lead)["owner"] == "bot"
 
 
+def test_an_unanswered_handover_escalates_and_tells_the_lead_once(driver: Driver) -> None:
+    driver.daytime()
+    lead = driver.welcomed_lead("Sara")
+    after = driver.answer(lead, "Ja klar")
+    driver.wait_for_bot(lead, Q1, after=after)
+    after = driver.answer(lead, "Ich will mit einem Mitarbeiter sprechen")
+    announcement = driver.wait_for_bot(lead, HANDOVER, after=after)
+
+    def handover() -> dict:
+        return driver.one("SELECT * FROM handovers WHERE conversation_id = :id", id=lead.conversation_id)
+
+    # Nobody from the team answers within the SLA (15 minutes of team hours): escalated, the lead hears once.
+    driver.advance(16 * 60)
+    wait_until(lambda: handover()["escalated_at"] is not None, "the handover escalated")
+    notice = wait_until(lambda: driver.outbound(lead, after=announcement["id"]), "the lead told to wait")
+    assert len(notice) == 1 and handover()["lead_notified_at"] is not None
+    driver.wait_for_status(notice[0]["id"], "delivered")
+    driver.advance(60 * 60)
+    wait_until(lambda: not [t for t in driver.tasks(lead) if t["task_type"] == "handover_sla"
+                            and t["status"] in ("pending", "running") and t["run_at"] <= driver.now()],
+               "every due SLA check ran")
+    assert [m["id"] for m in driver.outbound(lead, after=announcement["id"])] == [notice[0]["id"]]
+    assert driver.conversation(lead)["owner"] == "human"
+
+
 # --- 4. Opt-out -------------------------------------------------------------------------------------------------------
 
 
