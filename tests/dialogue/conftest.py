@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from leadbot.adapters.calendar.caldav_adapter import CalDavCalendar
-from tests.dialogue.rasa_model import RASA_BIN, ROOT, trained_model
+from leadbot.rasa_model import RASA_BIN, ROOT, trained_model
 from tests.integrations.conftest import CALDAV_PASSWORD, CALDAV_USER, radicale_url  # noqa: F401 (fixture)
 
 ACTION_PYTHON = ROOT / ".venv" / "bin" / "python"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dialogue.rasa_model import RASA_BIN, ROOT, trained_model
+from leadbot.rasa_model import RASA_BIN, ROOT, trained_model
 
 pytestmark = pytest.mark.timeout(1800)
 
