@@ -186,7 +186,8 @@ _UNKNOWN = re.compile(
     r"|(?<![a-z])k\.?\s?a\.?(?![a-z])|\bunklar\b|schwer\s+zu\s+sagen|kann\s+ich\s+(?:\w+\s+){0,2}nicht\s+sagen"
     r"|keine\s+(?:zahlen|daten|idee)|(?:messen|tracken|zaehlen)\s+wir\s+nicht|keinen\s+ueberblick|🤷"
 )
-_ZERO = re.compile(r"(?<![a-z])(?:null|nix|nichts|keine?n?)(?![a-z])")
+# "kein Problem"/"kein Thema" are idioms for "ok", not zero leads.
+_ZERO = re.compile(r"(?<![a-z])(?:null|nix|nichts|keine?n?)(?![a-z])(?!\s+(?:problem|thema|ding|stress|frage))")
 
 
 @dataclass(frozen=True)

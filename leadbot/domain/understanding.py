@@ -68,7 +68,8 @@ _HEDGE = _rx(
 _UNKNOWN = _rx(
     r"keine\s+ahnung",
     r"kein(?:en)?\s+plan",
-    r"(?:ich\s+)?wei(?:ss|s)\s+(?:ich\s+|es\s+)?nicht",
+    # "weiß ich nicht", "weiß ich echt/leider/gerade nicht": not knowing is no answer, not a "no".
+    r"(?:ich\s+)?wei(?:ss|s)\s+(?:ich\s+|es\s+)*(?:\w+\s+)?nicht",
     r"k\.?\s?a\.?",
 )
 # Contain a negation word but mean yes.

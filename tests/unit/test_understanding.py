@@ -40,6 +40,9 @@ def test_normalize_text(raw: str, expected: str) -> None:
 # --- parse_yes_no ----------------------------------------------------------------------------------------------------
 
 YES_NO_CASES = [
+    # not knowing is no answer ("weiß ich echt nicht" once read as "no")
+    ("weiß ich echt nicht", None),
+    ("weiss ich leider nicht", None),
     # plain yes
     ("ja", "yes"),
     ("Ja", "yes"),
@@ -362,6 +365,7 @@ VOLUME_CASES = [
     ("null", 0, "<100", "exact"),
     ("noch keine Leads", 0, "<100", "exact"),
     ("gar keine", 0, "<100", "exact"),
+    ("kein Problem, so 150", 150, "100-300", "approx"),  # the idiom is not "zero leads"
 ]
 
 
@@ -378,7 +382,7 @@ def test_parse_lead_volume_unknown(text: str) -> None:
     assert parse_lead_volume(text) == LeadVolume(monthly_estimate=None, bucket="unknown", kind="unknown")
 
 
-@pytest.mark.parametrize("text", ["Hallo", "ja", "Was kostet das?", "", "viele"])
+@pytest.mark.parametrize("text", ["Hallo", "ja", "Was kostet das?", "", "viele", "kein Problem", "kein Thema"])
 def test_parse_lead_volume_not_understood(text: str) -> None:
     assert parse_lead_volume(text) is None
 
