@@ -348,6 +348,19 @@ def _action_before_form(tracker: Tracker) -> str | None:
     return executed[-2] if len(executed) >= 2 else None
 
 
+def _scheduled_message_sent_nothing(tracker: Tracker) -> bool:
+    """The form was handed back after a scheduled task that sent nothing (the lead answered in the meantime): the
+    lead has the question already, so asking again would send it twice."""
+    if _action_before_form(tracker) != "action_send_scheduled_template":
+        return False
+    for event in reversed(tracker.events):
+        if event.get("event") == "bot":
+            return False
+        if event.get("event") == "action" and event.get("name") == "action_send_scheduled_template":
+            return True
+    return False
+
+
 def _question_text(tracker: Tracker, question: str, hint: str) -> str:
     before = _action_before_form(tracker)
     if before == "action_listen" and misunderstandings(tracker) > 0:
@@ -372,6 +385,8 @@ class ActionAskAdsRunning(Action):
                 session, conversation, qualification.Q1_ADS_RUNNING
             ),
         )
+        if _scheduled_message_sent_nothing(tracker):
+            return []
         if _said_later(tracker):
             dispatcher.utter_message(text=LATER_IN_FORM)
         else:
@@ -391,6 +406,8 @@ class ActionAskMonthlyLeads(Action):
             ),
         )
         just_answered = _action_before_form(tracker) == "action_listen"
+        if _scheduled_message_sent_nothing(tracker):
+            return []
         if _said_later(tracker):
             dispatcher.utter_message(text=LATER_IN_FORM)
         elif just_answered and tracker.get_slot("volume_unknown_asked") and misunderstandings(tracker) == 0:

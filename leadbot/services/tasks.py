@@ -419,6 +419,9 @@ def message_for_fire(session: Session, task_id: int, task_type: str | None = Non
         return None
     if task_type is not None and task.task_type != task_type:  # an intent that does not match its task_id
         return None
+    # The scheduler checked before firing, but the lead may have answered since (a reply cancels the nudge).
+    if skip_reason(session, task) is not None:
+        return None
     message = scheduled_message(session, task)
     if message is not None:
         task.payload_json = {**(task.payload_json or {}), "sent_at": now().isoformat()}

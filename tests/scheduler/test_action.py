@@ -13,7 +13,7 @@ from sqlalchemy import select
 from actions.scheduled import ActionSendScheduledTemplate
 from leadbot.db.models import TaskScheduled
 from leadbot.services import tasks
-from tests.scheduler.helpers import book, make_lead
+from tests.scheduler.helpers import book, lead_writes, make_lead
 
 
 def _run(task_id, intent, active_loop=None):
@@ -72,3 +72,17 @@ def test_hands_back_to_an_active_form(session, frozen_clock, scheduler_env):
     messages, events = _run(nudge.id, "EXTERNAL_nudge_30m", active_loop="qualification_form")
     assert [m["template"] for m in messages] == ["lead_nudge_v1"]
     assert events == [SlotSet("task_id", None), FollowupAction("qualification_form")]
+
+
+def test_nudge_claimed_before_the_lead_answered_sends_nothing(session, frozen_clock, scheduler_env):
+    """The scheduler claimed the nudge, then the lead answered before the action ran: no nudge goes out."""
+    conversation = make_lead(session, at=frozen_clock.now())
+    nudge = tasks.after_bot_turn(session, conversation, asked_question=True)
+    session.commit()
+    nudge.status = "running"  # claimed: the reply's cancellation no longer reaches it
+    frozen_clock.advance(timedelta(minutes=31))
+    lead_writes(session, conversation, frozen_clock.now(), "so 150 im Monat")
+    assert tasks.after_lead_message(session, conversation) == 0
+    session.commit()
+
+    assert _run(nudge.id, "EXTERNAL_nudge_30m", active_loop="qualification_form")[0] == []
