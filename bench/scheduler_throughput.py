@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from leadbot.clock import now  # noqa: E402
+from leadbot.config import settings  # noqa: E402
 from leadbot.db import migrate  # noqa: E402
 from leadbot.db.models import Contact, Conversation, Message, TaskScheduled  # noqa: E402
 from leadbot.db.session import create_db_engine  # noqa: E402
@@ -103,7 +104,11 @@ def serve_fake_rasa(url: str, token: str) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        # Sanic's listen backlog (100), not socketserver's 5: concurrent triggers would otherwise see resets.
+        request_queue_size = 100
+
+    server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -201,8 +206,9 @@ def main() -> None:
     parser.add_argument("--http", action="store_true", help="trigger over HTTP to a local fake Rasa")
     args = parser.parse_args()
     path = "HTTP to a local fake Rasa" if args.http else "in-process Rasa hop (no HTTP)"
+    cfg = settings()
     print(f"scheduler throughput: {args.tasks} due tasks, PostgreSQL, {path}, {os.cpu_count()} CPUs, "
-          f"batch {os.environ.get('SCHEDULER_BATCH_SIZE', '20')}")
+          f"batch {cfg.scheduler_batch_size}, {cfg.scheduler_fire_concurrency} triggers in flight per worker")
     for workers in args.workers:
         elapsed, queued, _ = run(args.tasks, workers, args.http)
         rate = queued / elapsed

@@ -97,6 +97,8 @@ class Settings:
     scheduler_port: int = 8001
     scheduler_poll_seconds: float = 1.0
     scheduler_batch_size: int = 20
+    # Triggers in flight at once per worker (different conversations only; Rasa serialises each conversation anyway)
+    scheduler_fire_concurrency: int = 4
     rasa_timeout_seconds: float = 15.0
     # Handover SLA
     handover_sla_minutes: int = 15
@@ -202,6 +204,7 @@ def load_settings() -> Settings:
         scheduler_port=_int("SCHEDULER_PORT", 8001),
         scheduler_poll_seconds=_float("SCHEDULER_POLL_SECONDS", 1.0),
         scheduler_batch_size=_int("SCHEDULER_BATCH_SIZE", 20),
+        scheduler_fire_concurrency=max(1, _int("SCHEDULER_FIRE_CONCURRENCY", 4)),
         rasa_timeout_seconds=_float("RASA_TIMEOUT_SECONDS", 15.0),
         handover_sla_minutes=_int("HANDOVER_SLA_MINUTES", 15),
         team_hours_start=_hhmm(_env("TEAM_HOURS_START", "09:00")),

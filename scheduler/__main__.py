@@ -4,7 +4,7 @@ An APScheduler interval job (every `SCHEDULER_POLL_SECONDS`) fires due `tasks_sc
 trigger_intent API; a thread delivers the CRM outbox (`CRM_OUTBOX_POLL_SECONDS`); an interval job reads the team's
 calendar edits back (`CALENDAR_SYNC_SECONDS`); `/health` and `/metrics` are served on `SCHEDULER_PORT`.
 Run as many replicas as you like on PostgreSQL (SKIP LOCKED claims); on the SQLite embedded default run one.
-SIGTERM/SIGINT: stop claiming, finish the task in flight, give the rest of the claimed batch back, exit.
+SIGTERM/SIGINT: stop claiming, finish the triggers in flight, give the rest of the claimed batch back, exit.
 """
 
 from __future__ import annotations

@@ -12,10 +12,16 @@ from leadbot.config import settings
 from tests.scheduler.helpers import TOKEN, FakeRasa, rasa_handler
 
 
+class RasaHTTPServer(ThreadingHTTPServer):
+    # Sanic's listen backlog (100), not socketserver's 5: concurrent scheduler workers would otherwise see resets
+    # that the real server never gives them.
+    request_queue_size = 100
+
+
 @pytest.fixture
 def fake_rasa() -> Iterator[FakeRasa]:
     fake = FakeRasa(url="")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), rasa_handler(fake))
+    server = RasaHTTPServer(("127.0.0.1", 0), rasa_handler(fake))
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

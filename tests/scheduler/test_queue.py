@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from leadbot.config import settings
 from leadbot.db import migrate
 from leadbot.db.models import DeadLetter, TaskScheduled
 from leadbot.db.session import create_db_engine
+from leadbot.phone import sender_id_for
 from leadbot.services import tasks
 from scheduler.firing import Firer
 from scheduler.queue import TaskQueue
 from scheduler.rasa_client import HttpRasaClient
-from tests.scheduler.helpers import TOKEN, bulk_due_tasks
+from tests.scheduler.helpers import TOKEN, bulk_due_tasks, make_lead
 
 
 def _due_nudges(engine, count: int, at) -> list[int]:
@@ -90,7 +94,8 @@ def test_trigger_without_token_is_rejected_by_rasa(engine, frozen_clock, fake_ra
 
 def test_stopping_worker_gives_claimed_tasks_back(engine, frozen_clock, fake_rasa, scheduler_env):
     ids = _due_nudges(engine, 3, frozen_clock.now())
-    firer = Firer(engine, HttpRasaClient(fake_rasa.url, TOKEN), "w")
+    # One trigger at a time, so exactly the first task is in flight when the signal arrives.
+    firer = Firer(engine, HttpRasaClient(fake_rasa.url, TOKEN), "w", replace(settings(), scheduler_fire_concurrency=1))
     fake_rasa.on_trigger = lambda trigger: firer.stop()  # SIGTERM arrives while the first task is in flight
     stats = firer.fire_batch()
     assert (stats.fired, stats.released) == (1, 2)
@@ -98,6 +103,79 @@ def test_stopping_worker_gives_claimed_tasks_back(engine, frozen_clock, fake_ras
         rows = {t.id: (t.status, t.attempts, t.locked_by) for t in session.execute(select(TaskScheduled)).scalars()}
     assert sorted(rows.values()) == [("done", 1, "w"), ("pending", 0, None), ("pending", 0, None)]
     assert set(rows) == set(ids)
+
+
+def test_stopping_lets_concurrent_triggers_finish_and_gives_back_the_rest(engine, frozen_clock, fake_rasa,
+                                                                          scheduler_env):
+    ids = _due_nudges(engine, 12, frozen_clock.now())
+    cfg = replace(settings(), scheduler_fire_concurrency=3, scheduler_batch_size=12)
+    firer = Firer(engine, HttpRasaClient(fake_rasa.url, TOKEN), "w", cfg)
+    fake_rasa.on_trigger = lambda trigger: firer.stop()  # SIGTERM arrives with the first trigger
+    stats = firer.fire_batch()
+    fired = {int(call.entities["task_id"]) for call in fake_rasa.calls}
+    # At most one trigger per concurrent slot had started; none starts after the signal.
+    assert 1 <= stats.fired == len(fired) <= 3
+    assert stats.fired + stats.released == len(ids)
+    with Session(engine, future=True) as session:
+        rows = {t.id: (t.status, t.attempts, t.locked_by) for t in session.execute(select(TaskScheduled)).scalars()}
+    assert {task_id: rows[task_id] for task_id in fired} == {task_id: ("done", 1, "w") for task_id in fired}
+    assert {rows[task_id] for task_id in set(ids) - fired} == {("pending", 0, None)}
+
+
+def test_one_conversations_tasks_fire_in_order_never_at_once(engine, session, frozen_clock, fake_rasa,
+                                                             scheduler_env):
+    """Concurrent triggers are for different conversations; one conversation's due tasks go oldest first, each
+    after the previous one has returned."""
+    t0 = frozen_clock.now()
+    others = _due_nudges(engine, 6, t0)
+    conversation = make_lead(session, "+4915100000099", status="qualified", at=t0)
+    own = [tasks.schedule(session, conversation, task_type, t0 - timedelta(minutes=minutes)).id
+           for task_type, minutes in (("followup_48h", 1), ("welcome", 3), ("followup_24h", 2))]
+    session.commit()
+    in_flight: Counter = Counter()
+    overlaps = []
+
+    def on_trigger(trigger) -> None:
+        with fake_rasa.lock:
+            in_flight[trigger.sender_id] += 1
+            if in_flight[trigger.sender_id] > 1:
+                overlaps.append(trigger)
+        time.sleep(0.05)  # long enough for a second trigger of the same conversation to show up if one were sent
+        with fake_rasa.lock:
+            in_flight[trigger.sender_id] -= 1
+
+    fake_rasa.on_trigger = on_trigger
+    cfg = replace(settings(), scheduler_fire_concurrency=4)
+    stats = Firer(engine, HttpRasaClient(fake_rasa.url, TOKEN), "w", cfg).run_once()
+    assert stats.fired == len(others) + len(own)
+    assert overlaps == []
+    sender = sender_id_for("+4915100000099")
+    assert [int(call.entities["task_id"]) for call in fake_rasa.calls if call.sender_id == sender] == [
+        own[1], own[2], own[0]
+    ]
+
+
+def test_concurrent_claims_stay_within_the_batch_size(engine, frozen_clock, scheduler_env):
+    """Two workers claiming at once each get at most `limit` tasks, and every task exactly once."""
+    ids = _due_nudges(engine, 400, frozen_clock.now())
+    sizes: dict[str, list[int]] = {"a": [], "b": []}
+    claimed: list[int] = []
+    barrier = threading.Barrier(2)
+
+    def claim_all(name: str) -> None:
+        queue = TaskQueue(engine, name, lease_seconds=120)
+        barrier.wait()
+        while batch := queue.claim(20):
+            sizes[name].append(len(batch))
+            claimed.extend(batch)
+
+    threads = [threading.Thread(target=claim_all, args=(name,)) for name in sizes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert max(sizes["a"] + sizes["b"]) <= 20
+    assert sorted(claimed) == sorted(ids)
 
 
 @pytest.mark.slow

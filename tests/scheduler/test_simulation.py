@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import random
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -118,15 +119,19 @@ class Simulation:
         self.by_conversation: dict[int, Lead] = {}
         self.deadlines: dict[int, datetime] = {}  # outbound message id → its reminder's deadline
         self.fired = Counter()
+        # The worker fires several conversations at once (as real Rasa serves them): guard the bookkeeping.
+        self.lock = threading.Lock()
 
     def push(self, at: datetime, kind: str, lead: Lead) -> None:
-        self.seq += 1
-        heapq.heappush(self.events, (at, self.seq, kind, lead.index))
+        with self.lock:
+            self.seq += 1
+            heapq.heappush(self.events, (at, self.seq, kind, lead.index))
 
     # --- Rasa, as far as the scheduler can see it --------------------------------------------------------
     def trigger_intent(self, sender_id: str, intent: str, entities: dict[str, str]) -> dict[str, Any]:
         task_id = int(entities["task_id"])
-        self.fired[intent] += 1
+        with self.lock:
+            self.fired[intent] += 1
         with Session(self.engine, future=True, expire_on_commit=False) as session:
             result = send_like_action(session, task_id)
             task = session.get(TaskScheduled, task_id)
