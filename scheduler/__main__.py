@@ -14,50 +14,30 @@ import os
 import signal
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from leadbot import logs
 from leadbot.adapters.crm import outbox_worker
 from leadbot.config import settings
 from leadbot.db.session import get_engine
+from leadbot.status_server import start_status_server
 from scheduler.firing import Firer
 from scheduler.rasa_client import HttpRasaClient
 
 log = logging.getLogger("scheduler")
 
 
-def make_health_server(port: int, engine: sa.engine.Engine, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if self.path == "/metrics":
-                self._reply(200, generate_latest(), CONTENT_TYPE_LATEST)
-            elif self.path == "/health":
-                try:
-                    with engine.connect() as connection:
-                        connection.execute(sa.text("SELECT 1"))
-                    self._reply(200, b'{"status":"ok"}', "application/json")
-                except Exception:  # any DB failure means "not healthy", with the reason in our log only
-                    log.exception("health check failed")
-                    self._reply(503, b'{"status":"db_unavailable"}', "application/json")
-            else:
-                self._reply(404, b'{"status":"not_found"}', "application/json")
-
-        def _reply(self, code: int, body: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence per-request access logs
-            return
-
-    return ThreadingHTTPServer((host, port), Handler)
+def database_health(engine: sa.engine.Engine) -> dict[str, Any]:
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        return {"status": "ok"}
+    except Exception:  # any DB failure means "not healthy", with the reason in our log only
+        log.exception("health check failed")
+        return {"status": "db_unavailable"}
 
 
 def _calendar_sync() -> None:
@@ -79,8 +59,7 @@ def main() -> None:
     rasa = HttpRasaClient.from_settings(cfg)
     firer = Firer(engine, rasa, worker_id, cfg)
 
-    server = make_health_server(cfg.scheduler_port, engine)
-    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    server = start_status_server(cfg.scheduler_port, lambda: database_health(engine), "scheduler")
 
     jobs = BackgroundScheduler(timezone="UTC")
     # One run at a time per process; a slow run is not queued up behind itself (coalesce).

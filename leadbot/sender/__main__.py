@@ -10,8 +10,8 @@ from typing import Any
 from leadbot.adapters.twilio_transport import SandboxTransport, build_transport
 from leadbot.clock import now
 from leadbot.config import settings
-from leadbot.sender.server import start_status_server
 from leadbot.sender.worker import Sender, refresh_queue_gauges
+from leadbot.status_server import start_status_server
 
 log = logging.getLogger("leadbot.sender")
 GAUGE_INTERVAL_SECONDS = 5.0
@@ -51,7 +51,7 @@ def main() -> None:
                 log.exception("queue gauges failed")
             stop.wait(GAUGE_INTERVAL_SECONDS)
 
-    server = start_status_server(cfg.sender_port, health)
+    server = start_status_server(cfg.sender_port, health, "sender")
     threading.Thread(target=gauges, name="sender-gauges", daemon=True).start()
     log.info("sender started: transport=%s threads=%s port=%s", transport.name, sender.threads, cfg.sender_port)
     sender.run(stop)  # returns once every worker thread has finished its in-flight message

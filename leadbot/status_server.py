@@ -1,4 +1,4 @@
-"""Health and Prometheus metrics of the sender on `SENDER_PORT`: `GET /health`, `GET /metrics`."""
+"""`GET /health` and `GET /metrics` for the processes without a web framework (sender, scheduler)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 
-def start_status_server(port: int, health: Callable[[], dict[str, Any]], host: str = "0.0.0.0") -> ThreadingHTTPServer:
+def start_status_server(
+    port: int, health: Callable[[], dict[str, Any]], name: str, host: str = "0.0.0.0"
+) -> ThreadingHTTPServer:
     """Serve in a daemon thread; `health()` gives the JSON body of /health (status "ok" answers 200, else 503)."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -38,5 +40,5 @@ def start_status_server(port: int, health: Callable[[], dict[str, Any]], host: s
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="sender-status", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name=f"{name}-status", daemon=True).start()
     return server
