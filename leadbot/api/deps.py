@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from leadbot.config import settings
 from leadbot.db.models import IdempotencyKey
-from leadbot.db.session import session_factory
+from leadbot.db.session import session_scope
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -32,15 +32,8 @@ def require_api_key(credentials: HTTPAuthorizationCredentials | None = Depends(_
 
 def db_session() -> Iterator[Session]:
     """One unit of work per request: committed when the handler returns, rolled back on any error."""
-    session: Session = session_factory()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 class Idempotency:
