@@ -37,7 +37,7 @@ _assistant: Any = None
 _assistant_lock = threading.Lock()
 
 
-def _get_assistant() -> Any:
+def shared_assistant() -> Any:
     """The assistant loads its index and embedding model once per action server (seconds, so lazily and once)."""
     global _assistant
     with _assistant_lock:
@@ -49,7 +49,7 @@ def _get_assistant() -> Any:
 
 
 def _answer(question: str) -> Any:
-    return _get_assistant().answer(question)
+    return shared_assistant().answer(question)
 
 
 class ActionAnswerQuestion(Action):

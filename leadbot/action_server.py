@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 
@@ -34,9 +35,9 @@ def build_app(package: str = "actions") -> Sanic:
     async def warm_up(*_: object) -> None:
         if os.environ.get("KNOWLEDGE_WARMUP", "1") != "0":
             try:
-                from leadbot.knowledge import KnowledgeAssistant
+                from actions.knowledge import shared_assistant
 
-                KnowledgeAssistant.from_settings()
+                await asyncio.to_thread(shared_assistant)  # the same instance the action answers with
             except Exception:  # the assistant escalates on its own when it cannot load; never block start-up
                 logger.exception("knowledge index could not be loaded at start")
 
