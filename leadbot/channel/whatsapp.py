@@ -43,7 +43,7 @@ from leadbot.clock import now as clock_now
 from leadbot.config import settings
 from leadbot.db.models import Conversation
 from leadbot.domain.policy import Purpose
-from leadbot.services import contacts, crm_outbox, inbound, outbound
+from leadbot.services import contacts, crm_outbox, handover, inbound, outbound
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +297,16 @@ def _forward_to_human(pending: inbound.PendingInbound) -> None:
 def _skip(pending: inbound.PendingInbound, error_code: str | None = None) -> None:
     with _session_scope() as session:
         inbound.mark_processed(session, pending.message_id, error_code)
+
+
+def _give_up_turn(pending: inbound.PendingInbound) -> None:
+    """The bot cannot answer this message (Rasa or the action server keeps failing): mark it, and hand the lead to
+    the team, which is notified and bound by the handover SLA, instead of leaving the lead waiting in silence."""
+    with _session_scope() as session:
+        inbound.mark_processed(session, pending.message_id, "turn_failed")
+        conversation = session.get(Conversation, pending.conversation_id)
+        if conversation is not None and conversation.owner == "bot":
+            handover.start(session, conversation, "turn_failed")
 
 
 def _record_failure(pending: inbound.PendingInbound) -> int:
@@ -587,7 +597,7 @@ class WhatsAppInput(InputChannel):
             attempts = await run_sync(_record_failure, pending)
             logger.exception("turn for inbound %s failed (attempt %s)", pending.message_id, attempts)
             if attempts >= MAX_TURN_ATTEMPTS:
-                await run_sync(_skip, pending, "turn_failed")
+                await run_sync(_give_up_turn, pending)
                 return True
             await asyncio.sleep(min(5.0, 0.5 * 2**attempts))
             return True  # the drain loop picks the same message up again

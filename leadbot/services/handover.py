@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -33,7 +34,9 @@ from leadbot.clock import now as clock_now
 from leadbot.config import Settings, settings
 from leadbot.db.models import Conversation, Handover, QualificationAnswer, TaskScheduled
 from leadbot.services import audit, crm_outbox, outbound, tasks
-from scheduler.rasa_client import HttpRasaClient, RasaClient, RasaError
+
+if TYPE_CHECKING:
+    from scheduler.rasa_client import RasaClient
 
 logger = logging.getLogger(__name__)
 
@@ -343,6 +346,9 @@ def trigger_resume(sender_id: str, client: RasaClient | None = None) -> bool:
     Called after the hand-back is committed (the resumed turn must see `owner=bot`). Returns False when Rasa did
     not accept it; the conversation is handed back either way and resumes at the lead's next message.
     """
+    # Imported here: the HTTP client is not installed in the Rasa process, which also starts handovers.
+    from scheduler.rasa_client import HttpRasaClient, RasaError
+
     own_client = client is None
     rasa = client or HttpRasaClient.from_settings()
     try:
