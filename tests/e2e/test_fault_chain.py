@@ -31,6 +31,8 @@ import sqlalchemy as sa
 from leadbot import clock
 from leadbot.adapters.twilio_transport import TwilioTransport
 from leadbot.config import settings
+from leadbot.db import migrate
+from leadbot.db.session import create_db_engine
 from leadbot.sender.worker import Sender
 from tests.channel.conftest import AUTH_TOKEN, REDIS_BASE, RasaServer, start_rasa, train_bot_model, wait_until
 from tests.conftest import create_database, drop_database
@@ -67,13 +69,21 @@ NO_ACTION_SERVER = "http://127.0.0.1:9/webhook"
 class Chain:
     rasa: RasaServer
     tracker: sa.engine.Engine  # Rasa's tracker database: one user event per turn
+    engine: sa.engine.Engine  # our database, this test's alone: its counts are the chain's, nothing else's
 
 
 @pytest.fixture
-def chain(database_url: str, engine: sa.engine.Engine, tmp_path: Path) -> Iterator[Chain]:
-    """A real Rasa with our channel on the test database, its own tracker database, and a daytime clock."""
+def chain(tmp_path: Path) -> Iterator[Chain]:
+    """A real Rasa with our channel on a database of its own, its own tracker database, and a daytime clock.
+
+    Its own database: the suite's shared test database may still hold rows of earlier modules (full-system tests
+    do not truncate), and this test counts every inbound and outbound row."""
     clock_file = tmp_path / "clock_offset"
     write_daytime_offset(clock_file)
+    database_name = f"leadbot_fault_{uuid.uuid4().hex[:10]}"
+    database_url = create_database(database_name)
+    migrate.upgrade(database_url)
+    engine = create_db_engine(database_url)
     tracker_name = f"leadbot_fault_tracker_{uuid.uuid4().hex[:10]}"
     tracker_url = create_database(tracker_name)
     redis_url = f"{REDIS_BASE}/{REDIS_DB}"
@@ -93,18 +103,21 @@ def chain(database_url: str, engine: sa.engine.Engine, tmp_path: Path) -> Iterat
         )
         # The sender in this process reads the same clock as Rasa, so `send_at` and its "now" agree.
         clock.set_clock(clock.OffsetFileClock(str(clock_file)))
-        yield Chain(rasa=rasa, tracker=tracker)
+        yield Chain(rasa=rasa, tracker=tracker, engine=engine)
     finally:
         clock.set_clock(None)
         if rasa is not None:
             rasa.stop()
         tracker.dispose()
+        engine.dispose()
         drop_database(tracker_name)
+        drop_database(database_name)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_bursts_through_rasa_and_a_failing_twilio_keep_order_and_lose_nothing(chain: Chain, engine) -> None:
+def test_bursts_through_rasa_and_a_failing_twilio_keep_order_and_lose_nothing(chain: Chain) -> None:
+    engine = chain.engine
     leads = make_plan(CONTACTS, seed=10, ramp_seconds=CONTACTS / 100 * RAMP_SECONDS_PER_100)
     expected = 3 * CONTACTS
     with TwilioFake(
