@@ -29,7 +29,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.conftest import create_database, drop_database
+from leadbot.db.session import engine_for
+from tests.conftest import create_database, drop_database, truncate_all
 from tests.e2e.harness import ROOT, LeadbotSystem
 
 T = TypeVar("T")
@@ -101,6 +102,8 @@ def system(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         running.stop()
         drop_database(tracker_name)
+        # The shared test database is empty again for the modules after this one (other fixtures truncate per test).
+        truncate_all(engine_for(database_url))
 
 
 def _aware(value: Any) -> Any:
