@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 
@@ -138,7 +138,6 @@ class Settings:
     # The WhatsApp simulator (/simulator): None (SIMULATOR_ENABLED unset) means on exactly while no Twilio credentials
     # are configured, so a production deployment never exposes it by accident; 1 forces it on (staging), 0 off.
     simulator_enabled: bool | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def twilio_enabled(self) -> bool:

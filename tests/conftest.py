@@ -17,7 +17,7 @@ from leadbot.clock import FrozenClock
 from leadbot.config import settings
 from leadbot.db import migrate
 from leadbot.db.models import Base
-from leadbot.db.session import create_db_engine, engine_for
+from leadbot.db.session import engine_for
 
 # The server that tests create their databases on (trust auth on this machine and in CI).
 ADMIN_URL = os.environ.get("TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -97,7 +97,3 @@ def frozen_clock() -> Iterator[FrozenClock]:
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/leadbot.db"
-
-
-def make_engine(url: str) -> Engine:
-    return create_db_engine(url)
