@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fastapi import Depends, Header, HTTPException, Request, status
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -39,7 +40,7 @@ def db_session() -> Iterator[Session]:
 class Idempotency:
     """Replay protection for creating endpoints (`Idempotency-Key` header).
 
-    Usage in a handler: `cached = idem.lookup(body)`; if not None return it; else do the work and call
+    Usage in a handler: `if (replayed := idem.replay(body)) is not None: return replayed`; else do the work and call
     `idem.store(body, status_code, response)` in the same session, so the key and the effect commit together.
     The same key with a different body is a 422.
     """
@@ -62,6 +63,11 @@ class Idempotency:
         if row is not None and row.request_hash != self._hash(body):
             raise HTTPException(422, "Idempotency-Key was already used with a different request body")
         return row
+
+    def replay(self, body: Any) -> JSONResponse | None:
+        """The first answer to this key and body, to return as it was; None when the request is new."""
+        cached = self.lookup(body)
+        return None if cached is None else JSONResponse(cached.response_json, status_code=cached.status_code)
 
     def store(self, body: Any, status_code: int, response: Any) -> None:
         if not self.key:

@@ -123,9 +123,8 @@ def slots(
 def book(body: Book, session: Session = Depends(db_session), idem: Idempotency = Depends(idempotency)) -> JSONResponse:
     """Book a slot: calendar event with meeting link, appointment, reminders, CRM activity, WhatsApp confirmation."""
     request_body = body.model_dump(mode="json")
-    cached = idem.lookup(request_body)
-    if cached is not None:
-        return JSONResponse(cached.response_json, status_code=cached.status_code)
+    if (replayed := idem.replay(request_body)) is not None:
+        return replayed
     contact = get_contact_or_404(session, body.contact_id)
     conversation = contacts.current_conversation(session, contact, lock=True)
     try:

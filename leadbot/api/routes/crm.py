@@ -78,9 +78,8 @@ def lead_upsert(
     body: LeadUpsert, session: Session = Depends(db_session), idem: Idempotency = Depends(idempotency)
 ) -> JSONResponse:
     """Create or update the lead in the CRM (matched by phone number) with its current data."""
-    cached = idem.lookup(body.model_dump(mode="json"))
-    if cached is not None:
-        return JSONResponse(cached.response_json, status_code=cached.status_code)
+    if (replayed := idem.replay(body.model_dump(mode="json"))) is not None:
+        return replayed
     contact = get_contact_or_404(session, body.contact_id)
     # The outbox worker sends the contact's current state at delivery time; the payload only adds extra fields.
     return _enqueue(session, idem, body, contact.id, "lead_upsert", dict(body.properties))
@@ -91,9 +90,8 @@ def activity(
     body: Activity, session: Session = Depends(db_session), idem: Idempotency = Depends(idempotency)
 ) -> JSONResponse:
     """Log an activity (a note) on the lead in the CRM."""
-    cached = idem.lookup(body.model_dump(mode="json"))
-    if cached is not None:
-        return JSONResponse(cached.response_json, status_code=cached.status_code)
+    if (replayed := idem.replay(body.model_dump(mode="json"))) is not None:
+        return replayed
     contact = get_contact_or_404(session, body.contact_id)
     payload = {"type": body.type, "text": body.text, "occurred_at": (body.occurred_at or now()).isoformat()}
     return _enqueue(session, idem, body, contact.id, "activity", payload)
@@ -105,9 +103,8 @@ def handover_notice(
 ) -> JSONResponse:
     """Create a handover task for the team in the CRM. (To let a human take over the chat itself, use
     `POST /conversations/{id}/handover`, which also notifies the CRM.)"""
-    cached = idem.lookup(body.model_dump(mode="json"))
-    if cached is not None:
-        return JSONResponse(cached.response_json, status_code=cached.status_code)
+    if (replayed := idem.replay(body.model_dump(mode="json"))) is not None:
+        return replayed
     contact = get_contact_or_404(session, body.contact_id)
     conversation = _latest_conversation(session, contact)
     payload: dict[str, Any] = {

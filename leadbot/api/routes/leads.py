@@ -49,9 +49,8 @@ class LeadOptInResponse(BaseModel):
 )
 def create_lead(body: LeadOptIn, idem: Idempotency = Depends(idempotency)) -> Any:
     request_body = body.model_dump(mode="json")
-    cached = idem.lookup(request_body)
-    if cached is not None:
-        return JSONResponse(cached.response_json, status_code=cached.status_code)
+    if (replayed := idem.replay(request_body)) is not None:
+        return replayed
     try:
         result = opt_in(idem.session, OptInData(**body.model_dump()))
     except InvalidOptIn as exc:

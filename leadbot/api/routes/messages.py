@@ -91,9 +91,8 @@ def send_message(
     """Queue a WhatsApp message. Every attempt leaves a `messages` row; a blocked one also a `policy_blocked_send`
     audit event, and the answer says why."""
     request_body = body.model_dump(mode="json")
-    cached = idem.lookup(request_body)
-    if cached is not None:
-        return JSONResponse(cached.response_json, status_code=cached.status_code)
+    if (replayed := idem.replay(request_body)) is not None:
+        return replayed
     contact = get_contact_or_404(session, body.contact_id)
     conversation = contacts.current_conversation(session, contact, lock=True)
     sender_role = "human" if body.sent_by == "human" else "bot"
