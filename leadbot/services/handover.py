@@ -169,6 +169,26 @@ def _tell_lead(session: Session, conversation: Conversation, text: str, what: st
     return result
 
 
+def _notify_team(
+    session: Session, handover: Handover, contact_id: int, *, due_at: datetime, text: str, escalation: bool = False
+) -> None:
+    """The CRM handover port (a task for the team), for the start of a handover and for its escalation."""
+    crm_outbox.enqueue(
+        session,
+        contact_id,
+        "handover",
+        {
+            "conversation_id": handover.conversation_id,
+            "handover_id": handover.id,
+            "reason": handover.reason,
+            "escalation": escalation,
+            "started_at": handover.started_at.isoformat(),
+            "due_at": due_at.isoformat(),
+            "text": text,
+        },
+    )
+
+
 def start(
     session: Session,
     conversation: Conversation,
@@ -196,20 +216,13 @@ def start(
     conversation.updated_at = current
     session.flush()
     audit.record(session, contact.id, "handover", action="started", handover_id=handover.id, reason=reason)
-    crm_outbox.enqueue(
+    _notify_team(
         session,
+        handover,
         contact.id,
-        "handover",
-        {
-            "conversation_id": conversation.id,
-            "handover_id": handover.id,
-            "reason": reason,
-            "escalation": False,
-            "started_at": current.isoformat(),
-            "due_at": add_team_minutes(current, cfg.handover_sla_minutes, cfg).isoformat(),
-            "text": f"Der Lead möchte mit einem Menschen sprechen (Grund: {reason}). Bitte im WhatsApp-Chat antworten "
-            "und danach an den Bot zurückgeben.",
-        },
+        due_at=add_team_minutes(current, cfg.handover_sla_minutes, cfg),
+        text=f"Der Lead möchte mit einem Menschen sprechen (Grund: {reason}). Bitte im WhatsApp-Chat antworten "
+        "und danach an den Bot zurückgeben.",
     )
     metrics.HANDOVERS.labels(reason=reason).inc()
     tasks.on_handover_started(session, conversation)
@@ -264,20 +277,14 @@ def check_sla(session: Session, handover: Handover) -> SlaOutcome:
     if handover.escalated_at is None:
         handover.escalated_at = current
         waiting = int((current - handover.started_at).total_seconds() // 60)
-        crm_outbox.enqueue(
+        _notify_team(
             session,
+            handover,
             contact.id,
-            "handover",
-            {
-                "conversation_id": conversation.id,
-                "handover_id": handover.id,
-                "reason": handover.reason,
-                "escalation": True,
-                "started_at": handover.started_at.isoformat(),
-                "due_at": current.isoformat(),
-                "text": f"Eskalation: Der Lead wartet seit {waiting} Minuten auf eine Antwort (Grund: "
-                f"{handover.reason}). Bitte jetzt im WhatsApp-Chat antworten.",
-            },
+            due_at=current,
+            text=f"Eskalation: Der Lead wartet seit {waiting} Minuten auf eine Antwort (Grund: {handover.reason}). "
+            "Bitte jetzt im WhatsApp-Chat antworten.",
+            escalation=True,
         )
         audit.record(session, contact.id, "handover", action="escalated", handover_id=handover.id)
         metrics.HANDOVER_ESCALATIONS.inc()
