@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RASA_PYTHON = ROOT / ".venv-rasa" / "bin" / "python"
 DEFAULT_SEED = 4711
 # Seeds numpy's global generator (which Rasa's fold split draws from), then runs the `rasa` CLI with the given args.
-SEEDED_RASA = "import sys, numpy; numpy.random.seed(int(sys.argv[1])); del sys.argv[1]; from rasa.__main__ import main; main()"
+SEEDED_RASA = (
+    "import sys, numpy; numpy.random.seed(int(sys.argv[1])); del sys.argv[1]; from rasa.__main__ import main; main()"
+)
 
 
 @dataclass(frozen=True)
