@@ -15,9 +15,9 @@ Yes/no: when DIET says affirm, deny, inform_volume or fallback, `parse_yes_no` (
 decides between affirm and deny, so "👍", "jaaa" or "nö, danke" answer the consent question reliably.
 
 Gibberish: DIET's character n-grams make it confident even for "blubb" or "qwertz". A message none of whose words
-occur in the training data (digits and emoji aside, and unless the yes/no, ads or lead-volume parsers understand
-it) is therefore `nlu_fallback`, which feeds the "more than two
-misunderstandings in a row" handover. The component learns that vocabulary at training time.
+occur in the training data or its lookup tables (digits and emoji aside, and unless the yes/no, ads or lead-volume
+parsers understand it) is therefore `nlu_fallback`, which feeds the "more than two misunderstandings in a row"
+handover. The component learns that vocabulary at training time.
 """
 
 from __future__ import annotations
@@ -130,6 +130,10 @@ class HandoverSignals(GraphComponent, IntentClassifier):
         vocabulary: set[str] = set()
         for example in training_data.intent_examples:
             vocabulary |= words(example.get(TEXT) or "")
+        # A word from a lookup table (greetings, farewells, ...) is known even where no training sentence uses it.
+        for table in training_data.lookup_tables:
+            for element in table.get("elements") or []:
+                vocabulary |= words(str(element))
         self._vocabulary = vocabulary
         with self._model_storage.write_to(self._resource) as directory:
             (directory / _VOCABULARY_FILE).write_text(json.dumps(sorted(vocabulary)), encoding="utf-8")

@@ -133,6 +133,16 @@ def test_consent_later_is_respected(lead: Lead, engine: Engine) -> None:
         assert session.execute(select(TaskScheduled.task_type)).scalar_one() == "followup_24h"
 
 
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    # Regional words that occur only in the lookup tables of data/nlu/common.yml, in no training sentence.
+    [("Salü", "greet"), ("Grias di", "greet"), ("hoi", "greet")],
+)
+def test_a_lookup_table_word_is_understood_not_taken_for_gibberish(rasa_server: str, text: str, intent: str) -> None:
+    parsed = httpx.post(f"{rasa_server}/model/parse", json={"text": text}, timeout=60).json()
+    assert parsed["intent"]["name"] == intent
+
+
 def test_misunderstanding_gets_a_hint_and_the_third_hands_over(lead: Lead, engine: Engine) -> None:
     start_questions(lead)
     assert texts_of(lead.says("blubb")) == [texts.Q1_HINT]
