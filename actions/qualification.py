@@ -71,7 +71,7 @@ Q2_UNKNOWN_ONCE_MORE = (
     "Kein Problem! Grob geschätzt reicht mir völlig: eher unter 100, 100 bis 300 oder über 300 Leads im Monat?"
 )
 BACK_TO_QUESTION = "Zurück zu meiner Frage: "
-LATER_IN_FORM = "Kein Stress 🙂 Antworte einfach, wenn's dir passt – ich bin hier."
+LATER_IN_FORM = "Kein Stress 🙂 Antworte einfach, wenn's dir passt. Ich erinnere dich später nochmal kurz daran."
 DISQUALIFIED_NO_ADS = (
     "Danke dir für die ehrliche Antwort 🙏 Unser Angebot lohnt sich vor allem, wenn schon Ads laufen – "
     "aktuell passt es deshalb noch nicht."
@@ -374,17 +374,24 @@ def _said_later(tracker: Tracker) -> bool:
     return latest_intent(tracker) == "later" and _action_before_form(tracker) == "action_listen"
 
 
+async def _enter_question(tracker: Tracker, state: str) -> None:
+    """Record the open question; a "später" to it gets one reminder later instead of the 30-minute nudge."""
+    later = _said_later(tracker) and not _scheduled_message_sent_nothing(tracker)
+
+    def work(session: Session, conversation: Conversation) -> None:
+        qualification.set_state(session, conversation, state)
+        if later:
+            tasks.after_later_in_questions(session, conversation)
+
+    await in_conversation(tracker.sender_id, work)
+
+
 class ActionAskAdsRunning(Action):
     def name(self) -> str:
         return "action_ask_ads_running"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
-        await in_conversation(
-            tracker.sender_id,
-            lambda session, conversation: qualification.set_state(
-                session, conversation, qualification.Q1_ADS_RUNNING
-            ),
-        )
+        await _enter_question(tracker, qualification.Q1_ADS_RUNNING)
         if _scheduled_message_sent_nothing(tracker):
             return []
         if _said_later(tracker):
@@ -399,12 +406,7 @@ class ActionAskMonthlyLeads(Action):
         return "action_ask_monthly_leads"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
-        await in_conversation(
-            tracker.sender_id,
-            lambda session, conversation: qualification.set_state(
-                session, conversation, qualification.Q2_MONTHLY_LEADS
-            ),
-        )
+        await _enter_question(tracker, qualification.Q2_MONTHLY_LEADS)
         just_answered = _action_before_form(tracker) == "action_listen"
         if _scheduled_message_sent_nothing(tracker):
             return []

@@ -37,7 +37,7 @@ Periods (default: month)
 No number
   * "keine Ahnung", "weiß nicht", "k.A.", "schwer zu sagen", 🤷 -> monthly_estimate None, bucket "unknown",
     kind "unknown".
-  * "keine", "null", "nix", "noch keine Leads" -> 0, exact.
+  * "keine", "null", "nix", "noch keine Leads" -> 0, exact; not before another noun ("keine Zeit", "null Bock").
   * Anything else -> None (the caller should re-ask).
 
 Buckets as in the product plan: "<100" (0-99), "100-300" (100-299), "300+" (>= 300).
@@ -186,8 +186,14 @@ _UNKNOWN = re.compile(
     r"|(?<![a-z])k\.?\s?a\.?(?![a-z])|\bunklar\b|schwer\s+zu\s+sagen|kann\s+ich\s+(?:\w+\s+){0,2}nicht\s+sagen"
     r"|keine\s+(?:zahlen|daten|idee)|(?:messen|tracken|zaehlen)\s+wir\s+nicht|keinen\s+ueberblick|🤷"
 )
-# "kein Problem"/"kein Thema" are idioms for "ok", not zero leads.
-_ZERO = re.compile(r"(?<![a-z])(?:null|nix|nichts|keine?n?)(?![a-z])(?!\s+(?:problem|thema|ding|stress|frage))")
+# Zero only where the zero word stands alone or before a lead noun or a filler ("keine.", "noch keine Leads",
+# "null im Monat", "leider keine 😅"): "keine Zeit", "kein Problem", "null Bock" are not lead volumes.
+_ZERO = re.compile(
+    r"(?<![a-z])(?:null|nix|nichts|keine?n?)(?![a-z])"
+    r"(?=\s*(?:$|[^\w\s]|(?:einzige[nrs]?\s+)?(?:\w*leads?|\w*anfragen?|kontakte?|kunden|interessenten|eintraege"
+    r"|mehr|bisher|aktuell|momentan|derzeit|gerade|grad|im|pro|am|in\s+der|so|wirklich|richtig|nennenswert\w*"
+    r"|los|wir|ich)\b))"
+)
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,14 @@ _ADS_AFFIRMED_PLATFORM = re.compile(
     rf"(?<![a-z0-9])(?:{_PLATFORM})(?:\s+ads)?\s*[:=-]?\s*(?:ja|laeuft|laufen|aktiv)(?![a-z0-9])(?!\s+nicht)"
 )
 _ADS_YES = _rx(r"laeuft", r"laufen", r"schalten", r"schalte", r"aktiv")
+# "Passt gerade nicht", "keine Zeit" to Q1 is about the moment, not about ads: no answer (the "später" path),
+# not "no ads" (which would disqualify the lead). "Gerade nicht" alone stays "no": it answers "aktuell?".
+_NOT_NOW = _rx(
+    r"(?:passt|klappt|geht|kann|schaffe?)\s+(?:\w+\s+){0,2}?nicht",
+    r"(?:keine|kaum|wenig)\s+zeit",
+    r"heute\s+nicht",
+    r"nicht\s+heute",
+)
 
 
 def parse_ads_running(text: str) -> YesNo | None:
@@ -180,6 +188,8 @@ def parse_ads_running(text: str) -> YesNo | None:
         return None
     if _ADS_NO.search(folded) or (_ORGANIC.search(folded) and not _PAID.search(folded)):
         return "no"
+    if _NOT_NOW.search(folded) and not (_PLATFORM_RX.search(folded) or _PAID.search(folded)):
+        return None
     if _ADS_AFFIRMED_PLATFORM.search(folded):
         return "yes"
     answer = parse_yes_no(text)

@@ -184,19 +184,29 @@ def after_bot_turn(session: Session, conversation: Conversation, asked_question:
         return None
     if _has_upcoming_appointment(session, conversation.id):
         return None
+    return _schedule_nudge(session, conversation, timedelta(seconds=settings().nudge_delay_seconds))
+
+
+def after_later_in_questions(session: Session, conversation: Conversation) -> TaskScheduled:
+    """"Später" to an open qualification question: no 30-minute nudge, but one reminder of the question after the
+    follow-up delay (24 h by default), so the lead is not lost; any reply before then cancels it."""
+    return _schedule_nudge(session, conversation, timedelta(seconds=settings().followup_24h_delay_seconds))
+
+
+def _schedule_nudge(session: Session, conversation: Conversation, delay: timedelta) -> TaskScheduled:
+    contact = conversation.contact
     cancel(session, conversation.id, [NUDGE], "replaced_by_newer_question")
     current = now()
-    delay = timedelta(seconds=settings().nudge_delay_seconds)
-    # The 30 minutes count from when the question reaches the lead: quiet hours (or a reply delay) may hold the
+    # The delay counts from when the question reaches the lead: quiet hours (or a reply delay) may hold the
     # turn's messages back, and asked at 23:30 it goes out at 07:00, so the nudge must not follow it seconds later.
     # Nor may the nudge fall due in quiet hours itself: fired there, its message would wait in the queue for the
     # morning and go out even after the lead answered at night (a reply cancels only a nudge still pending).
     asked_at = max(current, _latest_queued_send_at(session, conversation.id) or current)
     run_at = next_allowed_time(asked_at + delay, (contact.timezone if contact else None) or "Europe/Berlin",
                                policy_config())
-    # Keyed by the turn's time: replaying the same bot turn is idempotent, a later question gets its own nudge
-    # (also when both are asked at night and their nudges fall due at the same morning minute).
-    key = f"{NUDGE}:c{conversation.id}:{_epoch(current + delay)}"
+    # Keyed by the turn's time to the microsecond: a later question gets its own nudge, also one asked within the
+    # same second (two quick turns) or at night with both nudges falling due at the same morning minute.
+    key = f"{NUDGE}:c{conversation.id}:{int((current + delay).timestamp() * 1_000_000)}"
     return schedule(session, conversation, NUDGE, run_at, dedupe_key=key)
 
 

@@ -7,6 +7,7 @@ actions: the German parsers in the form, the texts the lead reads, and what land
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -122,6 +123,30 @@ def test_unknown_volume_is_asked_once_more_then_pending(lead: Lead, engine: Engi
     assert texts_of(lead.says("weiß ich echt nicht"))[0] == texts.VOLUME_UNKNOWN
     conversation, answers = conversation_of(engine, lead)
     assert (conversation.status, answers.qualified, answers.reason) == ("open", "pending", "volume_unknown")
+
+
+def test_busy_during_the_questions_is_later_not_an_answer_and_gets_one_reminder(lead: Lead, engine: Engine) -> None:
+    start_questions(lead)
+    # To Q1 "Schaltest du aktuell Ads?": busy, not "no ads" (which would disqualify the lead).
+    assert texts_of(lead.says("passt gerade nicht")) == [texts.LATER_IN_FORM]
+    conversation, answers = conversation_of(engine, lead)
+    assert conversation.current_state == "q1_ads_running"
+    assert answers is None or answers.ads_running == "unknown"
+    assert texts_of(lead.says("ja, Google Ads")) == [texts.Q2]
+    # To Q2: "keine Zeit" is not "keine Leads".
+    assert texts_of(lead.says("hab grad keine Zeit")) == [texts.LATER_IN_FORM]
+    conversation, answers = conversation_of(engine, lead)
+    assert (conversation.current_state, answers.monthly_leads_bucket, answers.qualified) == (
+        "q2_monthly_leads", "unknown", "pending"
+    )
+    with Session(engine) as session:
+        reminders = session.execute(select(TaskScheduled).where(TaskScheduled.status == "pending")).scalars().all()
+    # One reminder (the second "später" replaced the first), after the follow-up delay instead of 30 minutes,
+    # pushed out of quiet hours if it falls into them. (A reply cancels it in the WhatsApp channel, tests/scheduler.)
+    [reminder] = reminders
+    assert reminder.task_type == "nudge_30m"
+    assert reminder.run_at - reminder.created_at >= timedelta(hours=24)
+    assert texts_of(lead.says("so 200 im Monat"))[0] == texts.QUALIFIED
 
 
 def test_consent_later_is_respected(lead: Lead, engine: Engine) -> None:

@@ -191,9 +191,19 @@ ADS_CASES = [
     ("Google Ads läuft nicht", "no"),
     ("Facebook nicht mehr", "no"),
     ("aktuell nicht", "no"),
+    ("gerade nicht", "no"),  # answers "aktuell?"
+    ("Ads laufen gerade nicht", "no"),
+    ("geht nicht, wir haben kein Budget", "no"),
     ("vielleicht", None),
     ("Hallo", None),
     ("Was macht ihr genau?", None),
+    # not now (the "später" path), not "no ads": the lead must not be disqualified for being busy
+    ("passt gerade nicht", None),
+    ("jetzt passt es nicht", None),
+    ("kann gerade nicht", None),
+    ("heute klappt es nicht mehr", None),
+    ("hab grad keine Zeit", None),
+    ("heute nicht", None),
 ]
 
 
@@ -365,6 +375,12 @@ VOLUME_CASES = [
     ("null", 0, "<100", "exact"),
     ("noch keine Leads", 0, "<100", "exact"),
     ("gar keine", 0, "<100", "exact"),
+    ("leider keine 😅", 0, "<100", "exact"),
+    ("keine, wir fangen gerade erst an", 0, "<100", "exact"),
+    ("aktuell noch keine Anfragen", 0, "<100", "exact"),
+    ("keine einzige Anfrage bisher", 0, "<100", "exact"),
+    ("null im Monat", 0, "<100", "exact"),
+    ("nix", 0, "<100", "exact"),
     ("kein Problem, so 150", 150, "100-300", "approx"),  # the idiom is not "zero leads"
 ]
 
@@ -382,7 +398,14 @@ def test_parse_lead_volume_unknown(text: str) -> None:
     assert parse_lead_volume(text) == LeadVolume(monthly_estimate=None, bucket="unknown", kind="unknown")
 
 
-@pytest.mark.parametrize("text", ["Hallo", "ja", "Was kostet das?", "", "viele", "kein Problem", "kein Thema"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hallo", "ja", "Was kostet das?", "", "viele", "kein Problem", "kein Thema",
+        # "keine" with another noun is no lead volume (was read as zero leads and disqualified the lead)
+        "hab grad keine Zeit", "gerade keine Zeit, später", "keine Lust", "null Bock", "kein Stress",
+    ],
+)
 def test_parse_lead_volume_not_understood(text: str) -> None:
     assert parse_lead_volume(text) is None
 
