@@ -110,6 +110,7 @@ _NOT_A_VOLUME_AFTER = re.compile(
     r"|^\s+(?:tage?n?|wochen?|monate?n?|jahre?n?|stunden?|std\b|minuten?|min\b|sekunden?)\b"
     r"|^\s+(?:kampagnen?|accounts?|konten|konto|mitarbeiter\w*|vertriebler\w*|standorte?n?|filialen?|plattformen?"
     r"|kanaele?n?|kanal|anzeigen|ads|creatives?|produkte?n?)\b"
+    r"|^\s*(?:mal\s*)?dank"  # "tausend Dank" is thanks, not 1,000 leads
 )
 _NOT_A_VOLUME_BEFORE = re.compile(r"(?:€|\$|\beur|\busd)\s*$")
 _YEAR_CONTEXT = re.compile(r"\b(?:seit|im|in|anfang|mitte|ende|jahr|anno|vor|nach|fuer)\s*$")

@@ -171,6 +171,7 @@ _ADS_AFFIRMED_PLATFORM = re.compile(
     rf"(?<![a-z0-9])(?:{_PLATFORM})(?:\s+ads)?\s*[:=-]?\s*(?:ja|laeuft|laufen|aktiv)(?![a-z0-9])(?!\s+nicht)"
 )
 _ADS_YES = _rx(r"laeuft", r"laufen", r"schalten", r"schalte", r"aktiv")
+_ADS_NOUN = _rx(r"ads", r"werbung", r"anzeigen?", r"kampagnen?")
 # "Passt gerade nicht", "keine Zeit" to Q1 is about the moment, not about ads: no answer (the "später" path),
 # not "no ads" (which would disqualify the lead). "Gerade nicht" alone stays "no": it answers "aktuell?".
 _NOT_NOW = _rx(
@@ -195,7 +196,10 @@ def parse_ads_running(text: str) -> YesNo | None:
     answer = parse_yes_no(text)
     if answer == "no":
         return "no"
-    if _PLATFORM_RX.search(folded) or _ADS_YES.search(folded):
+    if _PLATFORM_RX.search(folded):
+        return "yes"
+    # "Wie läuft das ab?" asks about us: "läuft" means running ads only in a statement or next to an ads noun.
+    if _ADS_YES.search(folded) and (not folded.rstrip().endswith("?") or _ADS_NOUN.search(folded)):
         return "yes"
     return answer
 

@@ -204,6 +204,10 @@ ADS_CASES = [
     ("heute klappt es nicht mehr", None),
     ("hab grad keine Zeit", None),
     ("heute nicht", None),
+    # a question about us, not an answer ("läuft" means ads only in a statement or next to an ads noun)
+    ("Wie läuft das ab?", None),
+    ("Wie lange läuft der Vertrag?", None),
+    ("Ja, läuft. Warum fragst du?", "yes"),
 ]
 
 
@@ -404,6 +408,7 @@ def test_parse_lead_volume_unknown(text: str) -> None:
         "Hallo", "ja", "Was kostet das?", "", "viele", "kein Problem", "kein Thema",
         # "keine" with another noun is no lead volume (was read as zero leads and disqualified the lead)
         "hab grad keine Zeit", "gerade keine Zeit, später", "keine Lust", "null Bock", "kein Stress",
+        "tausend Dank", "Tausend Dank!",  # thanks, not 1,000 leads
     ],
 )
 def test_parse_lead_volume_not_understood(text: str) -> None:
