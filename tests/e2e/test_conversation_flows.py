@@ -295,6 +295,26 @@ def test_a_reply_at_23_30_waits_until_07_00(driver: Driver) -> None:
     assert sent["sent_at"] >= morning
 
 
+def test_busy_during_the_questions_is_no_answer_and_gets_one_reminder_the_next_day(driver: Driver) -> None:
+    driver.daytime()
+    lead = driver.welcomed_lead("Paul")
+    after = driver.answer(lead, "Ja klar")
+    driver.wait_for_bot(lead, Q1, after=after)
+    after = driver.answer(lead, "passt gerade nicht")
+    busy = driver.wait_for_bot(lead, "Kein Stress", after=after)
+    assert driver.conversation(lead)["status"] != "disqualified"
+    # No 30-minute nudge for a lead who said "not now": one reminder after the follow-up delay instead.
+    [reminder] = [t for t in driver.tasks(lead) if t["task_type"] == "nudge_30m" and t["status"] == "pending"]
+    assert reminder["run_at"] >= driver.now() + timedelta(hours=23)
+    driver.advance(31 * 60)
+    assert not any(m["template_name"] for m in driver.outbound(lead, after=busy["id"]))
+    driver.advance_to(reminder["run_at"] + timedelta(seconds=5))
+    nudge = driver.wait_for_bot(lead, template="lead_nudge_v1", after=busy["id"])
+    after = driver.answer(lead, "Ja, Meta")
+    reply = driver.wait_for_bot(lead, Q2, after=after)
+    assert nudge["id"] < reply["id"]
+
+
 # --- 6. Duplicates and order ------------------------------------------------------------------------------------------
 
 
