@@ -374,9 +374,11 @@ def _said_later(tracker: Tracker) -> bool:
     return latest_intent(tracker) == "later" and _action_before_form(tracker) == "action_listen"
 
 
-async def _enter_question(tracker: Tracker, state: str) -> None:
-    """Record the open question; a "später" to it gets one reminder later instead of the 30-minute nudge."""
-    later = _said_later(tracker) and not _scheduled_message_sent_nothing(tracker)
+async def _enter_question(tracker: Tracker, state: str) -> tuple[bool, bool]:
+    """Record the open question; a "später" to it gets one reminder later instead of the 30-minute nudge.
+    Returns (silent, later): say nothing (a scheduled message was just sent), or answer "später"."""
+    silent = _scheduled_message_sent_nothing(tracker)
+    later = _said_later(tracker) and not silent
 
     def work(session: Session, conversation: Conversation) -> None:
         qualification.set_state(session, conversation, state)
@@ -384,6 +386,7 @@ async def _enter_question(tracker: Tracker, state: str) -> None:
             tasks.after_later_in_questions(session, conversation)
 
     await in_conversation(tracker.sender_id, work)
+    return silent, later
 
 
 class ActionAskAdsRunning(Action):
@@ -391,10 +394,10 @@ class ActionAskAdsRunning(Action):
         return "action_ask_ads_running"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
-        await _enter_question(tracker, qualification.Q1_ADS_RUNNING)
-        if _scheduled_message_sent_nothing(tracker):
+        silent, later = await _enter_question(tracker, qualification.Q1_ADS_RUNNING)
+        if silent:
             return []
-        if _said_later(tracker):
+        if later:
             dispatcher.utter_message(text=LATER_IN_FORM)
         else:
             dispatcher.utter_message(text=_question_text(tracker, Q1, Q1_HINT))
@@ -406,11 +409,11 @@ class ActionAskMonthlyLeads(Action):
         return "action_ask_monthly_leads"
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> list[EventType]:
-        await _enter_question(tracker, qualification.Q2_MONTHLY_LEADS)
+        silent, later = await _enter_question(tracker, qualification.Q2_MONTHLY_LEADS)
         just_answered = _action_before_form(tracker) == "action_listen"
-        if _scheduled_message_sent_nothing(tracker):
+        if silent:
             return []
-        if _said_later(tracker):
+        if later:
             dispatcher.utter_message(text=LATER_IN_FORM)
         elif just_answered and tracker.get_slot("volume_unknown_asked") and misunderstandings(tracker) == 0:
             dispatcher.utter_message(text=Q2_UNKNOWN_ONCE_MORE)

@@ -26,15 +26,15 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from leadbot.clock import now
 from leadbot.config import settings
-from leadbot.db.models import TASK_TYPES, Appointment, Contact, Conversation, Message, TaskScheduled
+from leadbot.db.models import TASK_TYPES, Appointment, Contact, Conversation, TaskScheduled
 from leadbot.domain.policy import next_allowed_time
-from leadbot.services.outbound import policy_config
+from leadbot.services.outbound import policy_config, queue_tail
 
 NUDGE = "nudge_30m"
 FOLLOWUPS = ("followup_24h", "followup_48h")
@@ -201,23 +201,13 @@ def _schedule_nudge(session: Session, conversation: Conversation, delay: timedel
     # turn's messages back, and asked at 23:30 it goes out at 07:00, so the nudge must not follow it seconds later.
     # Nor may the nudge fall due in quiet hours itself: fired there, its message would wait in the queue for the
     # morning and go out even after the lead answered at night (a reply cancels only a nudge still pending).
-    asked_at = max(current, _latest_queued_send_at(session, conversation.id) or current)
+    asked_at = max(current, queue_tail(session, conversation.id) or current)
     run_at = next_allowed_time(asked_at + delay, (contact.timezone if contact else None) or "Europe/Berlin",
                                policy_config())
     # Keyed by the turn's time to the microsecond: a later question gets its own nudge, also one asked within the
     # same second (two quick turns) or at night with both nudges falling due at the same morning minute.
     key = f"{NUDGE}:c{conversation.id}:{int((current + delay).timestamp() * 1_000_000)}"
     return schedule(session, conversation, NUDGE, run_at, dedupe_key=key)
-
-
-def _latest_queued_send_at(session: Session, conversation_id: int) -> datetime | None:
-    return session.execute(
-        select(func.max(Message.send_at)).where(
-            Message.conversation_id == conversation_id,
-            Message.direction == "outbound",
-            Message.delivery_status == "queued",
-        )
-    ).scalar()
 
 
 def on_qualified(session: Session, conversation: Conversation) -> list[TaskScheduled]:
