@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from leadbot.clock import now
 from leadbot.config import Settings, settings
-from leadbot.db.models import Contact, Conversation
+from leadbot.db.models import Contact, Conversation, Message
 from leadbot.db.session import session_scope
+from leadbot.services import outbound
 from tests.fakes.twilio_fake import ACCOUNT_SID, AUTH_TOKEN, TwilioFake
 
 STATUS_PATH = "/webhooks/whatsapp/status"
@@ -161,3 +162,16 @@ def make_conversation(
     session.add(conversation)
     session.flush()
     return conversation
+
+
+def enqueue_texts(session: Session, conversation: Conversation, *texts: str) -> list[int]:
+    """Queue session texts through the one outbound path and commit; returns the message ids in order."""
+    ids = [outbound.enqueue(session, conversation, text=text).message_id for text in texts]
+    session.commit()
+    return ids
+
+
+def reload(session: Session, message_id: int) -> Message:
+    """The message row as the database has it now (after another thread or process changed it)."""
+    session.expire_all()
+    return session.get(Message, message_id)

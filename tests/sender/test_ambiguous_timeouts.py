@@ -14,29 +14,19 @@ from datetime import datetime, timedelta
 
 import httpx
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from leadbot.adapters.twilio_transport import OutboundMessage, SandboxTransport, TwilioTransport
 from leadbot.clock import FrozenClock
 from leadbot.config import Settings
-from leadbot.db.models import Conversation, DeadLetter, Message
+from leadbot.db.models import DeadLetter
 from leadbot.sender.worker import Sender
 from leadbot.services import outbound
 from tests.fakes.twilio_fake import AUTH_TOKEN, Fault, TwilioFake
-from tests.sender.conftest import EnvSettings, make_conversation
+from tests.sender.conftest import EnvSettings, enqueue_texts, make_conversation, reload
 
 TIMEOUT = 0.2  # the client's Twilio timeout in these tests; the faults hang far longer
 
 
-def enqueue(session: Session, conversation: Conversation, *texts: str) -> list[int]:
-    ids = [outbound.enqueue(session, conversation, text=text).message_id for text in texts]
-    session.commit()
-    return ids
-
-
-def reload(session: Session, message_id: int) -> Message:
-    session.expire_all()
-    return session.get(Message, message_id)
 
 
 def sender_for(cfg: Settings, engine) -> Sender:
@@ -59,7 +49,7 @@ def test_accepted_then_timed_out_is_adopted_not_sent_twice(
 ) -> None:
     cfg = settings_for(env)
     conversation = make_conversation(session)
-    [message_id] = enqueue(session, conversation, "Wie viele Leads habt ihr pro Monat?")
+    [message_id] = enqueue_texts(session, conversation, "Wie viele Leads habt ihr pro Monat?")
     twilio_fake.script(Fault.accepted_timeout(hang_seconds=5))
     sender = sender_for(cfg, engine)
 
@@ -89,7 +79,7 @@ def test_not_accepted_then_timed_out_is_sent_again_once(
     session, frozen_clock, twilio_settings, twilio_fake: TwilioFake, engine, env
 ) -> None:
     cfg = settings_for(env)
-    [message_id] = enqueue(session, make_conversation(session), "Hallo")
+    [message_id] = enqueue_texts(session, make_conversation(session), "Hallo")
     twilio_fake.script(Fault.timeout(hang_seconds=5))
 
     drain_past_timeout(sender_for(cfg, engine), frozen_clock)
@@ -105,7 +95,7 @@ def test_failing_lookup_backs_off_without_sending(
     session, frozen_clock: FrozenClock, twilio_settings, twilio_fake: TwilioFake, engine, env
 ) -> None:
     cfg = settings_for(env, SEND_BACKOFF_BASE_SECONDS="60", SEND_MAX_ATTEMPTS="5")
-    [message_id] = enqueue(session, make_conversation(session), "Hallo")
+    [message_id] = enqueue_texts(session, make_conversation(session), "Hallo")
     twilio_fake.script(Fault.timeout(hang_seconds=5))
     twilio_fake.script_list(Fault.server_error(503), Fault.timeout(hang_seconds=5))
     sender = sender_for(cfg, engine)
@@ -152,7 +142,7 @@ def test_an_earlier_message_with_the_same_text_is_not_taken_for_the_lost_one(
 ) -> None:
     cfg = settings_for(env)
     conversation = make_conversation(session)
-    [first, second] = enqueue(session, conversation, "Passt dir morgen?", "Passt dir morgen?")
+    [first, second] = enqueue_texts(session, conversation, "Passt dir morgen?", "Passt dir morgen?")
     twilio_fake.script(None, Fault.timeout(hang_seconds=5))  # the first goes through, the second is lost
 
     drain_past_timeout(sender_for(cfg, engine), frozen_clock)
@@ -168,7 +158,7 @@ def test_status_is_taken_from_twilio_when_its_callbacks_came_before_the_lookup(
 ) -> None:
     receiver = status_receiver(AUTH_TOKEN)
     cfg = settings_for(env, PUBLIC_BASE_URL=receiver.base_url)
-    [message_id] = enqueue(session, make_conversation(session), "Hallo")
+    [message_id] = enqueue_texts(session, make_conversation(session), "Hallo")
     twilio_fake.script(Fault.accepted_timeout(hang_seconds=5))
     sender = sender_for(cfg, engine)
 
@@ -189,7 +179,7 @@ def test_with_a_messaging_service_the_lookup_matches_the_service(
 ) -> None:
     service = "MG" + "2" * 32
     cfg = settings_for(env, TWILIO_MESSAGING_SERVICE_SID=service)
-    [message_id] = enqueue(session, make_conversation(session), "Hallo")
+    [message_id] = enqueue_texts(session, make_conversation(session), "Hallo")
     twilio_fake.script(Fault.accepted_timeout(hang_seconds=5))
 
     drain_past_timeout(sender_for(cfg, engine), frozen_clock)
@@ -205,8 +195,8 @@ def test_out_of_budget_after_an_ambiguous_attempt_is_looked_up_before_it_is_dead
 ) -> None:
     cfg = settings_for(env)  # three attempts
     accepted_last, lost_last = make_conversation(session), make_conversation(session)
-    [adopted_id] = enqueue(session, accepted_last, "eins")
-    [dead_id] = enqueue(session, lost_last, "zwei")
+    [adopted_id] = enqueue_texts(session, accepted_last, "eins")
+    [dead_id] = enqueue_texts(session, lost_last, "zwei")
     twilio_fake.script_for(
         accepted_last.contact.whatsapp_e164, Fault.server_error(500), Fault.server_error(503), Fault.accepted_timeout(5)
     )
@@ -251,8 +241,8 @@ def test_fake_lists_messages_like_twilio(
     """The list endpoint the lookup relies on: basic auth, filters, newest first, page shape, DateSent on date_sent."""
     cfg = env.apply(PUBLIC_BASE_URL=status_receiver(AUTH_TOKEN).base_url)
     conversation, other = make_conversation(session), make_conversation(session)
-    enqueue(session, conversation, "eins", "zwei", "drei")
-    enqueue(session, other, "anderer")
+    enqueue_texts(session, conversation, "eins", "zwei", "drei")
+    enqueue_texts(session, other, "anderer")
     sender_for(cfg, engine).drain()
     path = f"/2010-04-01/Accounts/{twilio_fake.account_sid}/Messages.json"
     to = f"whatsapp:{conversation.contact.whatsapp_e164}"
@@ -282,7 +272,7 @@ def test_an_accepted_message_is_adopted_even_if_the_gate_would_block_it_now(
 ) -> None:
     cfg = settings_for(env)
     conversation = make_conversation(session)
-    [message_id] = enqueue(session, conversation, "Hallo")
+    [message_id] = enqueue_texts(session, conversation, "Hallo")
     twilio_fake.script(Fault.accepted_timeout(hang_seconds=5))
     sender = sender_for(cfg, engine)
     sender.drain()

@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from leadbot.adapters.twilio_transport import TwilioTransport
 from leadbot.clock import FrozenClock
@@ -19,18 +18,7 @@ from leadbot.domain.templates import get_template
 from leadbot.sender.worker import Sender
 from leadbot.services import dead_letters, outbound
 from tests.fakes.twilio_fake import Fault, TwilioFake
-from tests.sender.conftest import EnvSettings, make_conversation
-
-
-def enqueue_texts(session: Session, conversation: Conversation, *texts: str) -> list[int]:
-    ids = [outbound.enqueue(session, conversation, text=text).message_id for text in texts]
-    session.commit()
-    return ids
-
-
-def reload(session: Session, message_id: int) -> Message:
-    session.expire_all()
-    return session.get(Message, message_id)
+from tests.sender.conftest import EnvSettings, enqueue_texts, make_conversation, reload
 
 
 def whatsapp(conversation: Conversation) -> str:
