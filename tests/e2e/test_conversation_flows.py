@@ -42,10 +42,22 @@ REMINDERS = {
 SANDBOX_AUTH_TOKEN = "leadbot-sandbox"
 
 
+def agree_to_questions(driver: Driver, lead: Lead) -> dict:
+    """"Ja klar" to the welcome; returns Q1 as the lead receives it."""
+    after = driver.answer(lead, "Ja klar")
+    return driver.wait_for_bot(lead, Q1, after=after)
+
+
+def lead_at_q1(driver: Driver, first_name: str) -> tuple[Lead, dict]:
+    """A lead welcomed on a weekday morning who agreed to the questions; returns the lead and Q1."""
+    driver.daytime()
+    lead = driver.welcomed_lead(first_name)
+    return lead, agree_to_questions(driver, lead)
+
+
 def qualify(driver: Driver, lead: Lead) -> dict:
     """Welcome consent, Q1 yes, Q2 150/month; returns the slot proposal."""
-    after = driver.answer(lead, "Ja klar")
-    driver.wait_for_bot(lead, Q1, after=after)
+    agree_to_questions(driver, lead)
     after = driver.answer(lead, "Ja, Meta und Google")
     driver.wait_for_bot(lead, Q2, after=after)
     after = driver.answer(lead, "so ca. 150 im Monat")
@@ -123,10 +135,7 @@ def test_happy_path_qualifies_books_and_reminds(driver: Driver) -> None:
 
 
 def test_no_ads_disqualifies_politely_without_another_question(driver: Driver) -> None:
-    driver.daytime()
-    lead = driver.welcomed_lead("Jonas")
-    after = driver.answer(lead, "Ja klar")
-    driver.wait_for_bot(lead, Q1, after=after)
+    lead, _ = lead_at_q1(driver, "Jonas")
     after = driver.answer(lead, "nein, aktuell nicht")
     driver.wait_for_bot(lead, NO_ADS, after=after)
     texts = bot_texts(driver, lead, after=after)
@@ -137,10 +146,7 @@ def test_no_ads_disqualifies_politely_without_another_question(driver: Driver) -
 
 
 def test_under_100_leads_disqualifies_with_an_invitation_to_come_back(driver: Driver) -> None:
-    driver.daytime()
-    lead = driver.welcomed_lead("Mia")
-    after = driver.answer(lead, "Ja klar")
-    driver.wait_for_bot(lead, Q1, after=after)
+    lead, _ = lead_at_q1(driver, "Mia")
     after = driver.answer(lead, "Ja, Meta")
     driver.wait_for_bot(lead, Q2, after=after)
     after = driver.answer(lead, "so 40 im Monat")
@@ -152,10 +158,7 @@ def test_under_100_leads_disqualifies_with_an_invitation_to_come_back(driver: Dr
 
 
 def test_a_free_question_is_answered_from_the_sources_and_the_question_asked_again(driver: Driver) -> None:
-    driver.daytime()
-    lead = driver.welcomed_lead("Lukas")
-    after = driver.answer(lead, "Ja klar")
-    driver.wait_for_bot(lead, Q1, after=after)
+    lead, _ = lead_at_q1(driver, "Lukas")
     after = driver.answer(lead, "Ist das DSGVO konform?")
     answer = driver.wait_for_bot(lead, "(Quelle:", after=after)
     again = driver.wait_for_bot(lead, Q1, after=after)
@@ -169,10 +172,7 @@ def test_a_free_question_is_answered_from_the_sources_and_the_question_asked_aga
 
 
 def test_handover_silences_the_bot_and_hand_back_resumes_the_open_question(driver: Driver) -> None:
-    driver.daytime()
-    lead = driver.welcomed_lead("Tom")
-    after = driver.answer(lead, "Ja klar")
-    driver.wait_for_bot(lead, Q1, after=after)
+    lead, _ = lead_at_q1(driver, "Tom")
 
     after = driver.answer(lead, "Kann mich ein Berater anrufen?")
     driver.wait_for_bot(lead, HANDOVER, after=after)
@@ -205,10 +205,7 @@ def test_handover_silences_the_bot_and_hand_back_resumes_the_open_question(drive
 
 
 def test_an_unanswered_handover_escalates_and_tells_the_lead_once(driver: Driver) -> None:
-    driver.daytime()
-    lead = driver.welcomed_lead("Sara")
-    after = driver.answer(lead, "Ja klar")
-    driver.wait_for_bot(lead, Q1, after=after)
+    lead, _ = lead_at_q1(driver, "Sara")
     after = driver.answer(lead, "Ich will mit einem Mitarbeiter sprechen")
     announcement = driver.wait_for_bot(lead, HANDOVER, after=after)
 
@@ -263,10 +260,7 @@ def test_stop_revokes_consent_confirms_once_and_cancels_marketing(driver: Driver
 
 
 def test_a_reply_at_23_30_waits_until_07_00(driver: Driver) -> None:
-    driver.daytime()
-    lead = driver.welcomed_lead("Nina")
-    after = driver.answer(lead, "Ja klar")
-    q1 = driver.wait_for_bot(lead, Q1, after=after)
+    lead, q1 = lead_at_q1(driver, "Nina")
     # No answer for 30 minutes: the nudge goes out in the afternoon, as it would have in real time.
     driver.advance(31 * 60)
     nudge = driver.wait_for_bot(lead, template="lead_nudge_v1", after=q1["id"])
@@ -296,10 +290,7 @@ def test_a_reply_at_23_30_waits_until_07_00(driver: Driver) -> None:
 
 
 def test_busy_during_the_questions_is_no_answer_and_gets_one_reminder_the_next_day(driver: Driver) -> None:
-    driver.daytime()
-    lead = driver.welcomed_lead("Paul")
-    after = driver.answer(lead, "Ja klar")
-    driver.wait_for_bot(lead, Q1, after=after)
+    lead, _ = lead_at_q1(driver, "Paul")
     after = driver.answer(lead, "passt gerade nicht")
     busy = driver.wait_for_bot(lead, "Kein Stress", after=after)
     assert driver.conversation(lead)["status"] != "disqualified"
@@ -352,10 +343,7 @@ def test_a_redelivered_message_sid_is_answered_once(driver: Driver) -> None:
 
 
 def test_a_burst_is_answered_once_each_in_order(driver: Driver) -> None:
-    driver.daytime()
-    lead = driver.welcomed_lead("Lea")
-    after = driver.answer(lead, "Ja klar")
-    driver.wait_for_bot(lead, Q1, after=after)
+    lead, q1 = lead_at_q1(driver, "Lea")
 
     first = driver.say(lead, "Ja")
     time.sleep(0.1)  # the burst's spacing, not an assertion
@@ -363,7 +351,7 @@ def test_a_burst_is_answered_once_each_in_order(driver: Driver) -> None:
     first_id, second_id = driver.wait_processed(first), driver.wait_processed(second)
     assert first_id < second_id
     driver.wait_for_bot(lead, QUALIFIED, after=second_id)
-    texts = bot_texts(driver, lead, after=after)
+    texts = bot_texts(driver, lead, after=q1["id"])
     assert sum(Q2 in text for text in texts) == 1, texts
     assert sum(QUALIFIED in text for text in texts) == 1, texts
     assert next(i for i, t in enumerate(texts) if Q2 in t) < next(i for i, t in enumerate(texts) if QUALIFIED in t)
@@ -396,10 +384,7 @@ def rows_mentioning(engine: sa.engine.Engine, needle: str) -> dict[str, int]:
 
 
 def test_export_then_delete_leaves_nothing_with_the_number(driver: Driver) -> None:
-    driver.daytime()
-    lead = driver.welcomed_lead("Eva")
-    after = driver.answer(lead, "Ja klar")
-    driver.wait_for_bot(lead, Q1, after=after)
+    lead, _ = lead_at_q1(driver, "Eva")
     after = driver.answer(lead, "nein, aktuell nicht")
     done = driver.wait_for_bot(lead, NO_ADS, after=after)
     wait_until(lambda: all(m["delivery_status"] in ("delivered", "read") for m in driver.outbound(lead, after=after)),
